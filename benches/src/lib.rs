@@ -1,0 +1,1 @@
+//! Benchmarks for etch (see benches/README.md).
