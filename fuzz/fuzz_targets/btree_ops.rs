@@ -36,7 +36,7 @@ fn value(seed: u8, len: u8) -> Vec<u8> {
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut gen = 0;
+    let mut generation = 0;
     let mut sim = SimFile::create(&dir.path().join("f0")).expect("sim");
     let mut db = Some(Db::open_with(Box::new(sim.clone()), opts()).expect("open"));
     let mut committed: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -85,9 +85,9 @@ fuzz_target!(|data: &[u8]| {
                     1 => Some(sectors),
                     _ => Some(sectors / 2),
                 });
-                db = None;
-                gen += 1;
-                sim = SimFile::from_image(&dir.path().join(format!("f{gen}")), &img).expect("image");
+                drop(db.take());
+                generation += 1;
+                sim = SimFile::from_image(&dir.path().join(format!("f{generation}")), &img).expect("image");
                 let d = Db::open_with(Box::new(sim.clone()), opts()).expect("reopen after power cut");
                 d.check().expect("check after power cut");
                 db = Some(d);
