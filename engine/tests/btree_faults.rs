@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use etch_engine::btree::{Db, Error, Fault, Options, SimFile};
@@ -14,7 +14,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 fn small() -> Options {
-    Options { page_size: 512, map_reserve_bytes: 1 << 30, checkpoint_bytes: u64::MAX }
+    Options {
+        page_size: 512,
+        map_reserve_bytes: 1 << 30,
+        checkpoint_bytes: u64::MAX,
+    }
 }
 
 fn fill(db: &Db, tree: &[u8], n: u32, value_len: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -23,7 +27,9 @@ fn fill(db: &Db, tree: &[u8], n: u32, value_len: usize) -> BTreeMap<Vec<u8>, Vec
     let t = w.open_tree(tree).expect("tree");
     for i in 0..n {
         let k = format!("key-{i:06}").into_bytes();
-        let v: Vec<u8> = (0..value_len + (i as usize % 7) * 150).map(|j| (i as usize + j) as u8).collect();
+        let v: Vec<u8> = (0..value_len + (i as usize % 7) * 150)
+            .map(|j| (i as usize + j) as u8)
+            .collect();
         w.put(t, &k, &v).expect("put");
         model.insert(k, v);
     }
@@ -65,7 +71,10 @@ fn flipped_byte_in_any_page_is_reported_never_served() {
         match db.check() {
             Err(Error::Corrupt { page: p, .. }) => {
                 // An overflow run (6 pages here) is named by its first page.
-                assert!(p <= page && page < p + 6, "check names page {p} for a flip in page {page}");
+                assert!(
+                    p <= page && page < p + 6,
+                    "check names page {p} for a flip in page {page}"
+                );
                 detected += 1;
             }
             Err(e) => panic!("page {page}: unexpected error {e}"),
@@ -91,7 +100,11 @@ fn flipped_byte_in_any_page_is_reported_never_served() {
         }
         for e in t.iter() {
             match e {
-                Ok((k, v)) => assert_eq!(model.get(k).map(Vec::as_slice), Some(v), "page {page}: iter served wrong data"),
+                Ok((k, v)) => assert_eq!(
+                    model.get(k).map(Vec::as_slice),
+                    Some(v),
+                    "page {page}: iter served wrong data"
+                ),
                 Err(Error::Corrupt { page: p, .. }) => {
                     assert!(p <= page && page < p + 6);
                     break;
@@ -100,7 +113,10 @@ fn flipped_byte_in_any_page_is_reported_never_served() {
             }
         }
     }
-    assert!(detected as u64 > pages / 2, "most pages are live and their flips detected");
+    assert!(
+        detected as u64 > pages / 2,
+        "most pages are live and their flips detected"
+    );
 }
 
 #[test]
@@ -233,7 +249,16 @@ fn disk_full_aborts_the_commit_and_the_next_one_succeeds() {
     let t = w.open_tree(b"t").expect("tree");
     w.put(t, b"lost", b"1").expect("put");
     assert!(matches!(w.commit(), Err(Error::DiskFull(_))));
-    assert!(db.begin_read().expect("read").tree(b"t").expect("t").expect("t").get(b"lost").expect("get").is_none());
+    assert!(
+        db.begin_read()
+            .expect("read")
+            .tree(b"t")
+            .expect("t")
+            .expect("t")
+            .get(b"lost")
+            .expect("get")
+            .is_none()
+    );
     let mut w = db.begin_write().expect("not poisoned");
     let t = w.open_tree(b"t").expect("tree");
     w.put(t, b"kept", b"2").expect("put");
@@ -243,7 +268,14 @@ fn disk_full_aborts_the_commit_and_the_next_one_succeeds() {
     drop(db);
     let db = reboot(dir.path(), &sim, "after");
     let r = db.begin_read().expect("read");
-    assert_eq!(r.tree(b"t").expect("t").expect("t").get(b"kept").expect("get"), Some(&b"2"[..]));
+    assert_eq!(
+        r.tree(b"t")
+            .expect("t")
+            .expect("t")
+            .get(b"kept")
+            .expect("get"),
+        Some(&b"2"[..])
+    );
 }
 
 /// Readers see one stable version while the writer commits and checkpoints: every value in
@@ -280,9 +312,19 @@ fn readers_see_stable_snapshots_during_commits_and_checkpoints() {
                         let mut count = 0;
                         for e in t.iter() {
                             let (k, v) = e.expect("iter");
-                            let i: usize = std::str::from_utf8(&k[1..]).expect("utf8").parse().expect("num");
-                            assert_eq!(v.len(), 8 + ((n as usize + i) % 40), "reader {r} pass {pass}");
-                            assert!(v.iter().all(|b| *b == n as u8), "reader {r} saw a torn version");
+                            let i: usize = std::str::from_utf8(&k[1..])
+                                .expect("utf8")
+                                .parse()
+                                .expect("num");
+                            assert_eq!(
+                                v.len(),
+                                8 + ((n as usize + i) % 40),
+                                "reader {r} pass {pass}"
+                            );
+                            assert!(
+                                v.iter().all(|b| *b == n as u8),
+                                "reader {r} saw a torn version"
+                            );
                             count += 1;
                         }
                         assert_eq!(count, KEYS);
@@ -321,8 +363,17 @@ fn round_value(round: u64, i: u64) -> Vec<u8> {
 #[test]
 #[ignore = "child process of sigkill_during_checkpoints"]
 fn sigkill_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let db = Db::open(&Path::new(&dir).join("data"), Options { page_size: 1024, ..small() }).expect("child open");
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let db = Db::open(
+        &Path::new(&dir).join("data"),
+        Options {
+            page_size: 1024,
+            ..small()
+        },
+    )
+    .expect("child open");
     let mut round = match db.begin_read().expect("read").marker() {
         [] => 0,
         m => u64::from_le_bytes(m.try_into().expect("marker")),
@@ -333,12 +384,18 @@ fn sigkill_child_writer() {
         let mut w = db.begin_write().expect("begin");
         let t = w.open_tree(b"t").expect("tree");
         for i in 0..ROUND_KEYS {
-            w.put(t, format!("r{round:06}-{i:03}").as_bytes(), &round_value(round, i)).expect("put");
+            w.put(
+                t,
+                format!("r{round:06}-{i:03}").as_bytes(),
+                &round_value(round, i),
+            )
+            .expect("put");
         }
         // Keep the file bounded: drop round - 5.
         if round > 5 {
             for i in 0..ROUND_KEYS {
-                w.delete(t, format!("r{:06}-{i:03}", round - 5).as_bytes()).expect("delete");
+                w.delete(t, format!("r{:06}-{i:03}", round - 5).as_bytes())
+                    .expect("delete");
             }
         }
         w.set_marker(&round.to_le_bytes()).expect("marker");
@@ -356,7 +413,13 @@ fn sigkill_during_checkpoints() {
     let mut last_durable = 0u64;
     for iteration in 0..8 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "sigkill_child_writer", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "sigkill_child_writer",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -381,21 +444,108 @@ fn sigkill_during_checkpoints() {
         child.wait().expect("wait");
         assert!(seen > 0, "iteration {iteration}: child reported nothing");
 
-        let db = Db::open(&dir.path().join("data"), Options { page_size: 1024, ..small() }).expect("reopen");
+        let db = Db::open(
+            &dir.path().join("data"),
+            Options {
+                page_size: 1024,
+                ..small()
+            },
+        )
+        .expect("reopen");
         db.check().expect("check after SIGKILL");
         let r = db.begin_read().expect("read");
         let m = u64::from_le_bytes(r.marker().try_into().expect("marker"));
-        assert!(m >= last_durable, "acknowledged round {last_durable} lost (file at {m})");
+        assert!(
+            m >= last_durable,
+            "acknowledged round {last_durable} lost (file at {m})"
+        );
         let t = r.tree(b"t").expect("tree").expect("exists");
         let mut expect = BTreeMap::new();
         for round in m.saturating_sub(4).max(1)..=m {
             for i in 0..ROUND_KEYS {
-                expect.insert(format!("r{round:06}-{i:03}").into_bytes(), round_value(round, i));
+                expect.insert(
+                    format!("r{round:06}-{i:03}").into_bytes(),
+                    round_value(round, i),
+                );
             }
         }
-        let got: BTreeMap<Vec<u8>, Vec<u8>> =
-            t.iter().map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_, _>>().expect("iter");
-        assert!(got == expect, "iteration {iteration}: contents differ from rounds {}..={m}", m.saturating_sub(4));
+        let got: BTreeMap<Vec<u8>, Vec<u8>> = t
+            .iter()
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .expect("iter");
+        assert!(
+            got == expect,
+            "iteration {iteration}: contents differ from rounds {}..={m}",
+            m.saturating_sub(4)
+        );
         last_durable = m;
     }
+}
+
+/// Under steady churn the file stops growing: freed pages are reused once no reader and
+/// no durable checkpoint can see them; a long-lived reader holds its pages until it ends.
+#[test]
+fn space_is_reused_under_churn_and_held_for_old_readers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("data"), small()).expect("open");
+    let mut rng = SmallRng::seed_from_u64(3);
+    let churn = |db: &Db, rng: &mut SmallRng, rounds: usize| {
+        for _ in 0..rounds {
+            let mut w = db.begin_write().expect("begin");
+            let t = w.open_tree(b"t").expect("tree");
+            for _ in 0..50 {
+                let k = format!("k{:04}", rng.random_range(0..2000));
+                if rng.random_ratio(1, 2) {
+                    w.put(t, k.as_bytes(), &vec![1u8; rng.random_range(10..100)])
+                        .expect("put");
+                } else {
+                    w.delete(t, k.as_bytes()).expect("delete");
+                }
+            }
+            w.commit().expect("commit");
+            db.checkpoint().expect("checkpoint");
+        }
+    };
+    churn(&db, &mut rng, 300);
+    let settled = db.stats().high_water_pages;
+    churn(&db, &mut rng, 600);
+    let after = db.stats().high_water_pages;
+    assert!(
+        after <= settled + settled / 10,
+        "file keeps growing under churn: {settled} -> {after} pages"
+    );
+
+    // An old reader pins its version: its data stays readable through heavy churn.
+    let reader = db.begin_read().expect("read");
+    let snapshot: Vec<(Vec<u8>, Vec<u8>)> = reader
+        .tree(b"t")
+        .expect("tree")
+        .expect("exists")
+        .iter()
+        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()
+        .expect("iter");
+    churn(&db, &mut rng, 300);
+    let pinned = db.stats().high_water_pages;
+    let again: Vec<(Vec<u8>, Vec<u8>)> = reader
+        .tree(b"t")
+        .expect("tree")
+        .expect("exists")
+        .iter()
+        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()
+        .expect("iter");
+    assert!(
+        snapshot == again,
+        "old reader's version changed under churn"
+    );
+    drop(reader);
+    churn(&db, &mut rng, 600);
+    let released = db.stats().high_water_pages;
+    assert!(
+        released <= pinned + pinned / 10,
+        "pages held for the reader are reused after it ends"
+    );
+    db.check().expect("check");
 }

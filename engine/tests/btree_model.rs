@@ -15,12 +15,20 @@ type Model = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
 const TREES: [&[u8]; 3] = [b"revs", b"keys", b"meta"];
 
 fn opts(page_size: usize) -> Options {
-    Options { page_size, map_reserve_bytes: 1 << 30, checkpoint_bytes: u64::MAX }
+    Options {
+        page_size,
+        map_reserve_bytes: 1 << 30,
+        checkpoint_bytes: u64::MAX,
+    }
 }
 
 fn gen_key(rng: &mut SmallRng, big: bool) -> Vec<u8> {
     let id: u32 = rng.random_range(0..400);
-    let len = if big && rng.random_ratio(1, 40) { rng.random_range(200..3000) } else { rng.random_range(0..24) };
+    let len = if big && rng.random_ratio(1, 40) {
+        rng.random_range(200..3000)
+    } else {
+        rng.random_range(0..24)
+    };
     let mut k = format!("{id:05}").into_bytes();
     k.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(id as u8)));
     k
@@ -45,23 +53,36 @@ fn assert_matches(db: &Db, model: &Model, ctx: &str) {
             None => BTreeMap::new(),
             Some(t) => {
                 assert_eq!(t.len() as usize, want.len(), "{ctx}: len of {name:?}");
-                t.iter().map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_, _>>().expect("iter")
+                t.iter()
+                    .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<_, _>>()
+                    .expect("iter")
             }
         };
-        assert!(got == want, "{ctx}: tree {:?} differs from the model", String::from_utf8_lossy(name));
+        assert!(
+            got == want,
+            "{ctx}: tree {:?} differs from the model",
+            String::from_utf8_lossy(name)
+        );
     }
 }
 
 fn check_ranges(db: &Db, model: &Model, rng: &mut SmallRng) {
     let r = db.begin_read().expect("begin_read");
     for name in TREES {
-        let Some(t) = r.tree(name).expect("tree") else { continue };
+        let Some(t) = r.tree(name).expect("tree") else {
+            continue;
+        };
         let want = &model[name];
         for _ in 0..4 {
             let a = gen_key(rng, false);
             let b = gen_key(rng, false);
             let (start, end) = if a <= b { (a, b) } else { (b, a) };
-            let end = if rng.random_ratio(1, 5) { None } else { Some(end) };
+            let end = if rng.random_ratio(1, 5) {
+                None
+            } else {
+                Some(end)
+            };
             let fwd: Vec<(Vec<u8>, Vec<u8>)> = t
                 .range(&start, end.as_deref())
                 .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
@@ -91,7 +112,10 @@ fn check_ranges(db: &Db, model: &Model, rng: &mut SmallRng) {
             Some((k, _)) => {
                 assert_eq!(c.key().expect("key").expect("valid"), &k[..]);
                 if c.prev().expect("prev") {
-                    let before = want.range(..probe.clone()).next_back().expect("model has a previous key");
+                    let before = want
+                        .range(..probe.clone())
+                        .next_back()
+                        .expect("model has a previous key");
                     assert_eq!(c.key().expect("key").expect("valid"), &before.0[..]);
                     assert!(c.next().expect("next"));
                     assert_eq!(c.key().expect("key").expect("valid"), &k[..]);
@@ -118,7 +142,14 @@ impl Harness {
         let path = dir.path().join("data-0");
         let sim = SimFile::create(&path).expect("sim");
         let db = Db::open_with(Box::new(sim.clone()), opts(page_size)).expect("open");
-        Harness { dir, path, sim, db: Some(db), page_size, generation: 0 }
+        Harness {
+            dir,
+            path,
+            sim,
+            db: Some(db),
+            page_size,
+            generation: 0,
+        }
     }
 
     fn db(&self) -> &Db {
@@ -137,11 +168,13 @@ impl Harness {
     /// Power cut: unsynced writes are each kept, dropped or torn.
     fn crash(&mut self, rng: &mut SmallRng) {
         self.sim.power_cut();
-        let image = self.sim.crash_image(|_, sectors| match rng.random_range(0..3) {
-            0 => None,
-            1 => Some(sectors),
-            _ => Some(rng.random_range(0..=sectors)),
-        });
+        let image = self
+            .sim
+            .crash_image(|_, sectors| match rng.random_range(0..3) {
+                0 => None,
+                1 => Some(sectors),
+                _ => Some(rng.random_range(0..=sectors)),
+            });
         self.db = None;
         self.reopen_from(image);
     }
@@ -175,7 +208,10 @@ fn run_seed(seed: u64, page_size: usize, steps: usize) {
                 let db = h.db.as_ref().expect("open");
                 let mut w = db.begin_write().expect("begin_write");
                 let mut pending = committed.clone();
-                let ids: Vec<TreeId> = TREES.iter().map(|n| w.open_tree(n).expect("open_tree")).collect();
+                let ids: Vec<TreeId> = TREES
+                    .iter()
+                    .map(|n| w.open_tree(n).expect("open_tree"))
+                    .collect();
                 for _ in 0..rng.random_range(1..40) {
                     let ti = rng.random_range(0..TREES.len());
                     let m = pending.entry(TREES[ti].to_vec()).or_default();
@@ -227,14 +263,20 @@ fn run_seed(seed: u64, page_size: usize, steps: usize) {
                 committed = durable.clone();
                 commits = durable_marker;
                 let marker = h.db().begin_read().expect("read").marker().to_vec();
-                let want_marker = if durable_marker == 0 { Vec::new() } else { durable_marker.to_le_bytes().to_vec() };
+                let want_marker = if durable_marker == 0 {
+                    Vec::new()
+                } else {
+                    durable_marker.to_le_bytes().to_vec()
+                };
                 assert_eq!(marker, want_marker, "{ctx}: marker after crash");
                 assert_matches(h.db(), &committed, &ctx);
             }
             _ => {
                 assert_matches(h.db(), &committed, &ctx);
                 check_ranges(h.db(), &committed, &mut rng);
-                h.db().check().unwrap_or_else(|e| panic!("{ctx}: check: {e}"));
+                h.db()
+                    .check()
+                    .unwrap_or_else(|e| panic!("{ctx}: check: {e}"));
             }
         }
     }
@@ -314,14 +356,18 @@ fn large_values_and_keys_up_to_request_limit() {
     let t = w.open_tree(b"big").expect("tree");
     w.put(t, b"small", &big_value).expect("put");
     w.put(t, &big_key, b"v").expect("put");
-    w.put(t, &big_key[..70_000], &big_value[..100_000]).expect("put");
+    w.put(t, &big_key[..70_000], &big_value[..100_000])
+        .expect("put");
     w.commit().expect("commit");
     h.reopen();
     let r = h.db().begin_read().expect("read");
     let t = r.tree(b"big").expect("tree").expect("exists");
     assert_eq!(t.get(b"small").expect("get"), Some(&big_value[..]));
     assert_eq!(t.get(&big_key).expect("get"), Some(&b"v"[..]));
-    assert_eq!(t.get(&big_key[..70_000]).expect("get"), Some(&big_value[..100_000]));
+    assert_eq!(
+        t.get(&big_key[..70_000]).expect("get"),
+        Some(&big_value[..100_000])
+    );
     let keys: Vec<usize> = t.iter().map(|e| e.expect("iter").0.len()).collect();
     assert_eq!(keys, vec![70_000, 3 << 19, 5]);
     drop(r);
@@ -342,6 +388,9 @@ fn large_values_and_keys_up_to_request_limit() {
         w.commit().expect("commit");
         db.checkpoint().expect("checkpoint");
     }
-    assert!(db.stats().high_water_pages <= hw + 400, "space of replaced large values is reused");
+    assert!(
+        db.stats().high_water_pages <= hw + 400,
+        "space of replaced large values is reused"
+    );
     db.check().expect("check");
 }

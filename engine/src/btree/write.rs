@@ -685,6 +685,11 @@ impl<'db> WriteTxn<'db> {
             self.meta.catalog_root = croot;
             r?;
         }
+        // Editing the free tree below must not load entries from it, so take enough
+        // reclaimable pages now for its copy-on-write edits; otherwise they would come from
+        // the end of the file while free pages pile up.
+        let reserve = 32 + 8 * (self.freed.len() / self.ids_per_entry() + 1);
+        while self.pool.len() < reserve && self.load_reclaimable()? {}
         self.write_free_entries()?;
         let pages = std::mem::take(&mut self.dirty);
         let meta = self.meta;
