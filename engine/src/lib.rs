@@ -1,5 +1,7 @@
 //! etch-engine: etch's storage. No Raft, no gRPC, no async runtime.
 //!
 //! - [`btree`]: a crash-safe copy-on-write B+tree in one memory-mapped data file.
+//! - [`wal`]: the segmented write-ahead log with an io_uring group-commit writer.
 
 pub mod btree;
+pub mod wal;
