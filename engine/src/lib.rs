@@ -1,7 +1,9 @@
 //! etch-engine: etch's storage. No Raft, no gRPC, no async runtime.
 //!
 //! - [`btree`]: a crash-safe copy-on-write B+tree in one memory-mapped data file.
+//! - [`mvcc`]: etcd's data model (revisions, ranges, txns, compaction, leases) on the B+tree.
 //! - [`wal`]: the segmented write-ahead log with an io_uring group-commit writer.
 
 pub mod btree;
+pub mod mvcc;
 pub mod wal;
