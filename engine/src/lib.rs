@@ -5,5 +5,6 @@
 //! - [`wal`]: the segmented write-ahead log with an io_uring group-commit writer.
 
 pub mod btree;
+mod io;
 pub mod mvcc;
 pub mod wal;

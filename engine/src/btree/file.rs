@@ -21,6 +21,14 @@ pub trait PageFile: Send + Sync + std::fmt::Debug {
     /// Grows (or shrinks) the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Writes `bufs` back to back starting at `off`.
+    fn write_vectored_at(&self, bufs: &[&[u8]], mut off: u64) -> io::Result<()> {
+        for b in bufs {
+            self.write_all_at(b, off)?;
+            off += b.len() as u64;
+        }
+        Ok(())
+    }
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
     /// Makes every completed write durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
@@ -64,6 +72,9 @@ impl PageFile for OsFile {
     }
     fn write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         FileExt::write_all_at(&self.file, buf, off)
+    }
+    fn write_vectored_at(&self, bufs: &[&[u8]], off: u64) -> io::Result<()> {
+        crate::io::pwritev_all(&self.file, off, bufs)
     }
     fn read_exact_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         FileExt::read_exact_at(&self.file, buf, off)

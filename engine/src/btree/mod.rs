@@ -19,7 +19,7 @@ mod page;
 mod view;
 mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +36,7 @@ use map::Mapping;
 use meta::{META_LEN, Meta};
 use page::{Limits, PageId};
 use view::Verified;
+use write::DirtyPages;
 
 /// Smallest and largest page sizes accepted.
 pub const PAGE_SIZE_MIN: usize = 512;
@@ -82,6 +83,8 @@ pub struct Stats {
     pub unsynced_bytes: u64,
     pub readers: usize,
     pub checkpoints: u64,
+    /// Bytes written to the data file since it was opened (pages and meta pages).
+    pub written_bytes: u64,
 }
 
 struct ReadState {
@@ -94,7 +97,6 @@ struct ReadState {
 struct CheckpointState {
     /// Meta slot (0 or 1) holding the durable version.
     durable_slot: u64,
-    count: u64,
 }
 
 struct Shared {
@@ -104,13 +106,20 @@ struct Shared {
     state: Mutex<ReadState>,
     writer: Mutex<()>,
     ckpt: Mutex<CheckpointState>,
+    checkpoints: AtomicU64,
     durable_txn: AtomicU64,
     file_len: AtomicU64,
     unsynced_bytes: AtomicU64,
+    written_bytes: AtomicU64,
     poisoned: AtomicBool,
     poison_reason: Mutex<String>,
     verified: Arc<Verified>,
+    /// Page buffers recycled between write transactions.
+    page_pool: Mutex<Vec<Box<[u8]>>>,
 }
+
+/// Most page buffers kept for reuse (4 MiB at 4 KiB pages).
+const PAGE_POOL_MAX: usize = 1024;
 
 /// An open data file.
 pub struct Db {
@@ -176,16 +185,16 @@ impl Db {
                 readers: BTreeMap::new(),
             }),
             writer: Mutex::new(()),
-            ckpt: Mutex::new(CheckpointState {
-                durable_slot: slot,
-                count: 0,
-            }),
+            ckpt: Mutex::new(CheckpointState { durable_slot: slot }),
+            checkpoints: AtomicU64::new(0),
             durable_txn: AtomicU64::new(meta.txn),
             file_len: AtomicU64::new(len),
             unsynced_bytes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(String::new()),
             verified: Arc::new(Verified::new()),
+            page_pool: Mutex::new(Vec::new()),
         };
         Ok(Db {
             shared: Arc::new(shared),
@@ -247,7 +256,14 @@ impl Db {
 
     /// Writes a committed version's pages and makes it the latest. Called by commit with
     /// the writer lock held.
-    fn publish(&self, meta: Meta, pages: HashMap<PageId, Box<[u8]>>) -> Result<()> {
+    /// A page-sized buffer, recycled when possible. Its contents are unspecified.
+    pub(crate) fn page_buffer(&self) -> Box<[u8]> {
+        lock(&self.shared.page_pool)
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.shared.lim.page_size].into_boxed_slice())
+    }
+
+    fn publish(&self, meta: Meta, pages: DirtyPages) -> Result<()> {
         let sh = &self.shared;
         let ps = sh.lim.page_size as u64;
         let need = meta.high_water * ps;
@@ -262,18 +278,37 @@ impl Db {
             }
             sh.file_len.store(new_len, Ordering::Release);
         }
-        let mut ids: Vec<PageId> = pages.keys().copied().collect();
-        ids.sort_unstable();
+        let mut sorted: Vec<(PageId, Box<[u8]>)> = pages.into_iter().collect();
+        sorted.sort_unstable_by_key(|(id, _)| *id);
         let mut bytes = 0u64;
-        let mut pages = pages;
-        for id in ids {
-            let mut buf = pages.remove(&id).expect("listed id");
-            page::seal(&mut buf, id, meta.txn, sh.lim.page_size);
-            sh.verified.clear(id);
-            if let Err(e) = sh.file.write_all_at(&buf, id * ps) {
-                return Err(self.write_failed("writing a page", e));
-            }
+        for (id, buf) in &mut sorted {
+            page::seal(buf, *id, meta.txn, sh.lim.page_size);
+            sh.verified.clear(*id);
             bytes += buf.len() as u64;
+        }
+        // One vectored write per run of adjacent pages.
+        let mut i = 0;
+        while i < sorted.len() {
+            let mut j = i + 1;
+            let mut end = sorted[i].0 + sorted[i].1.len() as u64 / ps;
+            while j < sorted.len() && sorted[j].0 == end && j - i < 512 {
+                end += sorted[j].1.len() as u64 / ps;
+                j += 1;
+            }
+            let bufs: Vec<&[u8]> = sorted[i..j].iter().map(|(_, b)| &b[..]).collect();
+            if let Err(e) = sh.file.write_vectored_at(&bufs, sorted[i].0 * ps) {
+                return Err(self.write_failed("writing pages", e));
+            }
+            i = j;
+        }
+        // Keep single-page buffers for the next transactions.
+        {
+            let mut pool = lock(&sh.page_pool);
+            for (_, buf) in sorted {
+                if buf.len() == sh.lim.page_size && pool.len() < PAGE_POOL_MAX {
+                    pool.push(buf);
+                }
+            }
         }
         let mut st = lock(&sh.state);
         if need as usize > st.map.reserved() {
@@ -282,6 +317,7 @@ impl Db {
         }
         st.meta = meta;
         drop(st);
+        sh.written_bytes.fetch_add(bytes, Ordering::Relaxed);
         let unsynced = sh.unsynced_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if unsynced > sh.opts.checkpoint_bytes {
             self.checkpoint()?;
@@ -324,8 +360,10 @@ impl Db {
         if let Err(e) = sh.file.sync_data() {
             return Err(self.poison("syncing the meta page", e));
         }
+        sh.written_bytes
+            .fetch_add(page.len() as u64, Ordering::Relaxed);
         ck.durable_slot = slot;
-        ck.count += 1;
+        sh.checkpoints.fetch_add(1, Ordering::Relaxed);
         sh.durable_txn.store(meta.txn, Ordering::Release);
         sh.unsynced_bytes.fetch_sub(unsynced, Ordering::AcqRel);
         Ok(())
@@ -339,6 +377,7 @@ impl Db {
 
     pub fn stats(&self) -> Stats {
         let sh = &self.shared;
+        // Never waits for a checkpoint in progress (which holds ckpt, then state briefly).
         let st = lock(&sh.state);
         Stats {
             page_size: sh.lim.page_size,
@@ -348,7 +387,8 @@ impl Db {
             file_bytes: sh.file_len.load(Ordering::Acquire),
             unsynced_bytes: sh.unsynced_bytes.load(Ordering::Acquire),
             readers: st.readers.values().sum(),
-            checkpoints: lock(&sh.ckpt).count,
+            checkpoints: sh.checkpoints.load(Ordering::Relaxed),
+            written_bytes: sh.written_bytes.load(Ordering::Relaxed),
         }
     }
 

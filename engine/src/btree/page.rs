@@ -62,8 +62,9 @@ pub(crate) fn wr_u64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
 
-/// Limits derived from the page size. Every cell is at most a third of a page's usable
-/// space, so a split of a full page plus one new cell always yields two valid pages.
+/// Limits derived from the page size. Every cell (with its slot) is at most half a page's
+/// usable space, so the byte-balanced split of a full page plus one new cell always yields
+/// two valid pages: each side holds at most half the total plus half the largest cell.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub page_size: usize,
@@ -76,7 +77,7 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn new(page_size: usize) -> Limits {
         let usable = page_size - HEADER_LEN;
-        let cell_max = usable / 3 - 2;
+        let cell_max = usable / 2 - 2;
         Limits {
             page_size,
             key_inline_max: cell_max - 24,

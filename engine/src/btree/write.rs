@@ -23,6 +23,27 @@ use super::meta::{MARKER_MAX, Meta};
 use super::page::{self, HEADER_LEN, KIND_BRANCH, KIND_LEAF, PageId, Ref};
 use super::view::{self, PageSource, View};
 
+/// Hashes page ids (already well spread integers) with one multiply.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Dirty pages of a write transaction by id.
+pub(crate) type DirtyPages = HashMap<PageId, Box<[u8]>, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Handle to a tree opened in a write transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TreeId(usize);
@@ -41,7 +62,7 @@ pub struct WriteTxn<'db> {
     _writer: MutexGuard<'db, ()>,
     base: View,
     meta: Meta,
-    dirty: HashMap<PageId, Box<[u8]>>,
+    dirty: DirtyPages,
     freed: Vec<PageId>,
     pool: BTreeSet<PageId>,
     horizon: u64,
@@ -122,7 +143,7 @@ impl<'db> WriteTxn<'db> {
             _writer: writer,
             base,
             meta,
-            dirty: HashMap::new(),
+            dirty: DirtyPages::default(),
             freed: Vec::new(),
             pool: BTreeSet::new(),
             horizon,
@@ -320,7 +341,7 @@ impl<'db> WriteTxn<'db> {
 
     fn alloc_page(&mut self) -> Result<PageId> {
         let id = self.alloc_run(1)?;
-        let buf = vec![0u8; self.page_size()].into_boxed_slice();
+        let buf = self.db.page_buffer();
         let prev = self.dirty.insert(id, buf);
         assert!(prev.is_none(), "page {id} allocated twice");
         Ok(id)
@@ -366,7 +387,8 @@ impl<'db> WriteTxn<'db> {
         if self.dirty.contains_key(&id) {
             return Ok(id);
         }
-        let copy: Box<[u8]> = self.base.node(id)?.into();
+        let mut copy = self.db.page_buffer();
+        copy.copy_from_slice(self.base.node(id)?);
         let new = self.alloc_run(1)?;
         self.dirty.insert(new, copy);
         self.free_run(id, 1);

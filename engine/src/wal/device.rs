@@ -4,7 +4,9 @@
 //! (pwritev + fdatasync); tests wrap either to inject failures.
 
 use std::fs::File;
-use std::io::{self, IoSlice};
+use std::io;
+
+pub(crate) use crate::io::pwritev_all;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
@@ -43,27 +45,6 @@ pub trait LogDevice: Send {
 /// pwritev + fdatasync.
 #[derive(Debug, Default)]
 pub struct SyscallDevice;
-
-pub(crate) fn pwritev_all(file: &File, mut offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = bufs
-        .iter()
-        .filter(|b| !b.is_empty())
-        .map(|b| IoSlice::new(b))
-        .collect();
-    let mut rest: &mut [IoSlice<'_>] = &mut slices;
-    while !rest.is_empty() {
-        let n = rustix::io::pwritev(file, rest, offset).map_err(io::Error::from)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "pwritev wrote nothing",
-            ));
-        }
-        offset += n as u64;
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
-}
 
 impl LogDevice for SyscallDevice {
     fn write_and_sync(&mut self, file: &File, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {

@@ -64,7 +64,19 @@ struct Done {
     wakers: Vec<(u64, Waker)>,
 }
 
+/// Counters of the writer's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Batches written, each with one fdatasync.
+    pub syncs: u64,
+    /// Records made durable.
+    pub records: u64,
+    /// Bytes written (records and repeated sticky records).
+    pub bytes: u64,
+}
+
 struct Shared {
+    stats: Mutex<WalStats>,
     q: Mutex<Queue>,
     work_cv: Condvar,
     room_cv: Condvar,
@@ -274,6 +286,7 @@ impl Wal {
             }
         }
         let shared = Arc::new(Shared {
+            stats: Mutex::new(WalStats::default()),
             q: Mutex::new(Queue {
                 buf: Vec::with_capacity(64 << 10),
                 next_seq: 1,
@@ -340,6 +353,10 @@ impl Wal {
             dir: dir.to_path_buf(),
             backend,
         })
+    }
+
+    pub fn stats(&self) -> WalStats {
+        *lock(&self.shared.stats)
     }
 
     /// The device in use: "io_uring" or "syscall".
@@ -509,9 +526,17 @@ impl Writer {
                 (batch, first_seq, last_seq, sticky, first_index)
             };
             let r = self.write_batch(&batch, &sticky, first_index);
-            if let Err(e) = r {
-                self.fail(first_seq, e);
-                return;
+            match r {
+                Err(e) => {
+                    self.fail(first_seq, e);
+                    return;
+                }
+                Ok(written) => {
+                    let mut st = lock(&self.shared.stats);
+                    st.syncs += 1;
+                    st.records += last_seq + 1 - first_seq;
+                    st.bytes += written;
+                }
             }
             {
                 let mut q = lock(&self.shared.q);
@@ -523,7 +548,8 @@ impl Writer {
         }
     }
 
-    fn write_batch(&mut self, batch: &[u8], sticky: &Sticky, first_index: u64) -> Result<()> {
+    /// Writes and syncs one batch; returns the bytes written.
+    fn write_batch(&mut self, batch: &[u8], sticky: &Sticky, first_index: u64) -> Result<u64> {
         let mut prefix = Vec::new();
         if self.current.off + batch.len() as u64 > self.segment_bytes
             && self.current.off > SEGMENT_HEADER_LEN as u64
@@ -533,8 +559,9 @@ impl Writer {
         }
         self.device
             .write_and_sync(&self.current.file, self.current.off, &[&prefix, batch])?;
-        self.current.off += (prefix.len() + batch.len()) as u64;
-        Ok(())
+        let written = (prefix.len() + batch.len()) as u64;
+        self.current.off += written;
+        Ok(written)
     }
 
     /// Switches to the next (preallocated) segment. Everything in the current one is
