@@ -714,7 +714,9 @@ fn run_seed(seed: u64, steps: usize) {
                             .compact_finish(rng.random_range(1..20))
                             .expect("compact");
                     } else {
-                        store.compact_step(3).expect("compact step");
+                        store
+                            .compact_step(3, std::time::Duration::ZERO)
+                            .expect("compact step");
                     }
                 }
             }

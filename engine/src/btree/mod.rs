@@ -263,7 +263,9 @@ impl Db {
             .unwrap_or_else(|| vec![0u8; self.shared.lim.page_size].into_boxed_slice())
     }
 
-    fn publish(&self, meta: Meta, pages: DirtyPages) -> Result<()> {
+    /// Returns whether unsynced bytes passed `checkpoint_bytes`: the caller checkpoints
+    /// once it has released the writer lock.
+    fn publish(&self, meta: Meta, pages: DirtyPages) -> Result<bool> {
         let sh = &self.shared;
         let ps = sh.lim.page_size as u64;
         let need = meta.high_water * ps;
@@ -286,12 +288,14 @@ impl Db {
             sh.verified.clear(*id);
             bytes += buf.len() as u64;
         }
-        // One vectored write per run of adjacent pages.
+        // One vectored write per run of adjacent pages, at most 16 pages: measured on ext4,
+        // longer vectors made random-page commits slower while sequential loads gained
+        // little more.
         let mut i = 0;
         while i < sorted.len() {
             let mut j = i + 1;
             let mut end = sorted[i].0 + sorted[i].1.len() as u64 / ps;
-            while j < sorted.len() && sorted[j].0 == end && j - i < 512 {
+            while j < sorted.len() && sorted[j].0 == end && j - i < 16 {
                 end += sorted[j].1.len() as u64 / ps;
                 j += 1;
             }
@@ -319,10 +323,7 @@ impl Db {
         drop(st);
         sh.written_bytes.fetch_add(bytes, Ordering::Relaxed);
         let unsynced = sh.unsynced_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if unsynced > sh.opts.checkpoint_bytes {
-            self.checkpoint()?;
-        }
-        Ok(())
+        Ok(unsynced > sh.opts.checkpoint_bytes)
     }
 
     /// A failed page write: disk full aborts the transaction (nothing it wrote is reachable

@@ -688,7 +688,8 @@ impl<'db> WriteTxn<'db> {
     // Commit
 
     /// Makes the transaction visible to new readers. Durability comes with the next
-    /// checkpoint (automatic once unsynced bytes pass `Options::checkpoint_bytes`).
+    /// checkpoint (run by this call, after the writer lock is released, once unsynced
+    /// bytes pass `Options::checkpoint_bytes`).
     pub fn commit(mut self) -> Result<()> {
         self.db.check_poison()?;
         // Record changed trees in the catalog.
@@ -715,7 +716,14 @@ impl<'db> WriteTxn<'db> {
         self.write_free_entries()?;
         let pages = std::mem::take(&mut self.dirty);
         let meta = self.meta;
-        self.db.publish(meta, pages)
+        let db = self.db;
+        let checkpoint = db.publish(meta, pages)?;
+        // Release the writer lock first: the checkpoint's fsyncs must not hold up writers.
+        drop(self);
+        if checkpoint {
+            db.checkpoint()?;
+        }
+        Ok(())
     }
 
     fn write_free_entries(&mut self) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The change feed, HashKV, and incremental compaction.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use super::keys::{self, KvRecord};
 use super::read::to_kv;
@@ -201,9 +202,12 @@ pub struct CompactProgress {
 }
 
 impl Store {
-    /// Removes up to about `batch` revisions of compacted history in one short write
-    /// transaction. Call until `finished`; writers are held up only for one batch.
-    pub fn compact_step(&self, batch: usize) -> Result<CompactProgress> {
+    /// Removes compacted history in one short write transaction: up to about `batch`
+    /// revisions, stopping early once `budget` has passed (after at least one main
+    /// revision, so every step makes progress). Call until `finished`; writers wait at most
+    /// for one step.
+    pub fn compact_step(&self, batch: usize, budget: Duration) -> Result<CompactProgress> {
+        let deadline = Instant::now() + budget;
         let mut tx = self.write()?;
         let (target, done) = (tx.revs.compact, tx.revs.compact_done);
         if done >= target {
@@ -236,14 +240,22 @@ impl Store {
                 last_main = r.main;
             }
         }
-        let finished = todo.len() < batch || last_main >= target;
-        let done_revision = if finished { target } else { last_main };
+        let mut finished = todo.len() < batch || last_main >= target;
+        let mut done_revision = if finished { target } else { last_main };
         // For each key changed in this stretch, keep only its newest version at or before
         // the target (none if that is a tombstone). Older versions may predate `done`: an
         // earlier compaction kept them as the newest at its own target.
         let mut removed = 0;
         let mut seen: HashSet<&[u8]> = HashSet::new();
-        for (_, _, user) in &todo {
+        let first_main = todo.first().map_or(0, |t| t.0.main);
+        for (r, _, user) in &todo {
+            if r.main != first_main && Instant::now() >= deadline {
+                // Out of time: this main revision and later ones are left for the next
+                // step (redoing part of one is harmless).
+                finished = false;
+                done_revision = r.main - 1;
+                break;
+            }
             if !seen.insert(user) {
                 continue;
             }
@@ -286,7 +298,7 @@ impl Store {
     pub fn compact_finish(&self, batch: usize) -> Result<usize> {
         let mut removed = 0;
         loop {
-            let p = self.compact_step(batch)?;
+            let p = self.compact_step(batch, Duration::from_millis(5))?;
             removed += p.removed;
             if p.finished {
                 return Ok(removed);

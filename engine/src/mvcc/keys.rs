@@ -10,7 +10,7 @@ use super::Revision;
 
 const TERMINATOR: [u8; 2] = [0x00, 0x01];
 /// Sorts after every revision suffix of a user key, before any longer user key.
-const PAST_KEY: [u8; 2] = [0x00, 0x02];
+pub(crate) const PAST_KEY: [u8; 2] = [0x00, 0x02];
 
 fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
     for &b in key {
@@ -49,6 +49,7 @@ pub(crate) fn key_at_or_before(key: &[u8], main: i64) -> Vec<u8> {
 }
 
 /// Seek target just past every version of `key`.
+#[cfg(test)]
 pub(crate) fn key_past(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 2);
     escape_into(&mut out, key);

@@ -14,7 +14,9 @@ fn corrupt(what: &str) -> Error {
 }
 
 /// Calls `f` with each live key in the range at revision `rev`, in key order, until it
-/// returns false. Reads the tree directly: memory does not grow with the range.
+/// returns false. `f` gets the `keys` tree key (decode the user key with
+/// [`keys::decode_key`] only when needed), the version's revision and record. Reads the
+/// tree directly, allocating nothing per key: memory does not grow with the range.
 pub(crate) fn visit<S: PageSource + ?Sized>(
     tree: Option<&Tree<'_, S>>,
     key: &[u8],
@@ -27,33 +29,48 @@ pub(crate) fn visit<S: PageSource + ?Sized>(
     if !single && end.is_some_and(|e| e <= key) {
         return Ok(());
     }
+    // Escaping keeps order, so bounds compare on encoded keys: user < end ⟺ k < esc(end).
+    let end_enc = if single {
+        None
+    } else {
+        end.map(keys::key_start)
+    };
+    let single_prefix = single.then(|| keys::key_prefix(key));
     let mut c = tree.cursor();
     c.seek(&if single {
         keys::key_at_or_before(key, rev)
     } else {
         keys::key_start(key)
     })?;
-    'outer: while let Some((k, _)) = c.current()? {
-        let (user, mut r) = keys::decode_key(k).ok_or_else(|| corrupt("key"))?;
-        if single {
-            if user != key {
-                break;
-            }
-        } else if end.is_some_and(|e| user.as_slice() >= e) {
-            break;
+    let mut prefix: Vec<u8> = Vec::new();
+    let mut target: Vec<u8> = Vec::new();
+    'outer: while let Some(k) = c.key()? {
+        match (&single_prefix, &end_enc) {
+            (Some(p), _) if !keys::is_version_of(k, p) => break,
+            (None, Some(e)) if k >= e.as_slice() => break,
+            _ => {}
         }
-        let prefix = keys::key_prefix(&user);
+        if k.len() < 18 {
+            return Err(corrupt("key"));
+        }
+        prefix.clear();
+        prefix.extend_from_slice(&k[..k.len() - 16]);
+        let mut r = keys::key_revision(k);
         if r.main > rev {
             // Newer than asked: jump to this key's version at or before `rev`.
-            c.seek(&keys::key_at_or_before(&user, rev))?;
+            target.clear();
+            target.extend_from_slice(&prefix);
+            target.extend_from_slice(&(!(rev as u64)).to_be_bytes());
+            target.extend_from_slice(&0u64.to_be_bytes());
+            c.seek(&target)?;
             match c.key()? {
                 Some(k2) if keys::is_version_of(k2, &prefix) => r = keys::key_revision(k2),
                 _ => continue 'outer,
             }
         }
-        let (_, v) = c.current()?.expect("cursor is on an entry");
+        let (k, v) = c.current()?.expect("cursor is on an entry");
         let rec = keys::decode_kv(v).ok_or_else(|| corrupt("value"))?;
-        if !rec.tombstone && !f(&user, r, rec)? {
+        if !rec.tombstone && !f(k, r, rec)? {
             return Ok(());
         }
         if single {
@@ -68,9 +85,17 @@ pub(crate) fn visit<S: PageSource + ?Sized>(
                 continue 'outer;
             }
         }
-        c.seek(&keys::key_past(&user))?;
+        // `prefix` ends in the terminator 00 01; 00 02 sorts after all its versions.
+        target.clear();
+        target.extend_from_slice(&prefix[..prefix.len() - 2]);
+        target.extend_from_slice(&keys::PAST_KEY);
+        c.seek(&target)?;
     }
     Ok(())
+}
+
+fn user_key(k: &[u8]) -> Result<Vec<u8>> {
+    Ok(keys::decode_key(k).ok_or_else(|| corrupt("key"))?.0)
 }
 
 pub(crate) fn to_kv(key: &[u8], rev: Revision, rec: &KvRecord<'_>, with_value: bool) -> KeyValue {
@@ -96,7 +121,7 @@ pub(crate) fn get<S: PageSource + ?Sized>(
 ) -> Result<Option<KeyValue>> {
     let mut out = None;
     visit(tree, key, &[], rev, |k, r, rec| {
-        out = Some(to_kv(k, r, &rec, true));
+        out = Some(to_kv(&user_key(k)?, r, &rec, true));
         Ok(false)
     })?;
     Ok(out)
@@ -111,7 +136,7 @@ pub(crate) fn all<S: PageSource + ?Sized>(
 ) -> Result<Vec<KeyValue>> {
     let mut out = Vec::new();
     visit(tree, key, range_end, rev, |k, r, rec| {
-        out.push(to_kv(k, r, &rec, true));
+        out.push(to_kv(&user_key(k)?, r, &rec, true));
         Ok(true)
     })?;
     Ok(out)
@@ -146,7 +171,7 @@ pub(crate) fn range<S: PageSource + ?Sized>(
     visit(tree, &req.key, &req.range_end, rev, |k, r, rec| {
         count += 1;
         if !req.count_only && kvs.len() < fetch {
-            kvs.push(to_kv(k, r, &rec, !req.keys_only));
+            kvs.push(to_kv(&user_key(k)?, r, &rec, !req.keys_only));
         }
         Ok(true)
     })?;
