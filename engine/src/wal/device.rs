@@ -38,6 +38,11 @@ pub trait LogDevice: Send {
     fn write_and_sync(&mut self, file: &File, offset: u64, bufs: &[&[u8]]) -> io::Result<()>;
     /// fdatasync alone.
     fn sync(&mut self, file: &File) -> io::Result<()>;
+    /// For devices that write O_DIRECT files: the block size every write's offset, length
+    /// and buffer must be aligned to. None: buffered writes.
+    fn direct_block(&self) -> Option<usize> {
+        None
+    }
     /// "io_uring" or "syscall".
     fn name(&self) -> &'static str;
 }
@@ -140,9 +145,15 @@ impl LogDevice for FaultyDevice {
             )
         };
         if fail_write {
-            // A failed write may have reached the disk in part: write half of it.
-            let half: Vec<u8> = bufs.concat();
-            pwritev_all(file, offset, &[&half[..half.len() / 2]])?;
+            // A failed write may have reached the disk in part: write a leading part of it
+            // (whole blocks, for a device that needs aligned writes).
+            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+                let part = match self.inner.direct_block() {
+                    Some(bs) => first.len() / 2 / bs * bs,
+                    None => first.len() / 2,
+                };
+                pwritev_all(file, offset, &[&first[..part]])?;
+            }
             return Err(eio());
         }
         if fail_sync {
@@ -161,6 +172,9 @@ impl LogDevice for FaultyDevice {
             return Err(eio());
         }
         self.inner.sync(file)
+    }
+    fn direct_block(&self) -> Option<usize> {
+        self.inner.direct_block()
     }
     fn name(&self) -> &'static str {
         self.inner.name()

@@ -11,10 +11,12 @@ use std::thread::JoinHandle;
 
 use super::device::{self, LogDevice, open_device};
 use super::format::{self, SEGMENT_HEADER_LEN};
+use super::uring::AlignedBuf;
 use super::{
     Backend, Error, Options, Record, RecordKind, Result, Segment, SegmentList, open_rw,
     prealloc_name, replay, segment_name, sync_dir,
 };
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these locks is updated in single assignments; a panicking holder
@@ -201,8 +203,51 @@ fn install(dir: &Path, seq: u64, first_index: u64) -> Result<Segment> {
 
 struct Current {
     file: File,
+    /// The same file opened O_DIRECT, for devices that write aligned blocks.
+    direct: Option<File>,
     seq: u64,
     off: u64,
+}
+
+/// The partial last block of the current segment, for devices that write whole aligned
+/// blocks: each batch is written from the start of that block, padded with zeros.
+struct AlignedTail {
+    buf: AlignedBuf,
+    block_start: u64,
+    len: usize,
+    block: usize,
+}
+
+impl AlignedTail {
+    /// Loads the bytes of the block holding `off`, up to `off`.
+    fn load(file: &File, off: u64, block: usize) -> Result<AlignedTail> {
+        let block_start = off / block as u64 * block as u64;
+        let len = (off - block_start) as usize;
+        let mut buf = AlignedBuf::new();
+        buf.reserve(block);
+        file.read_exact_at(&mut buf.as_mut_slice()[..len], block_start)?;
+        Ok(AlignedTail {
+            buf,
+            block_start,
+            len,
+            block,
+        })
+    }
+}
+
+/// Opens `path` for O_DIRECT writes; None where the filesystem refuses (e.g. tmpfs).
+fn open_direct(path: &Path) -> Option<File> {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "WAL: O_DIRECT unavailable ({e}); writing through the page cache");
+            None
+        }
+    }
 }
 
 impl Wal {
@@ -245,6 +290,7 @@ impl Wal {
         let current = match segments.last() {
             Some(last) => Current {
                 file: open_rw(&last.path)?,
+                direct: None,
                 seq: last.seq,
                 off: rep.tail,
             },
@@ -253,6 +299,7 @@ impl Wal {
                 segments.push(install(dir, 0, rep.last_entry_index.map_or(0, |i| i + 1))?);
                 Current {
                     file,
+                    direct: None,
                     seq: 0,
                     off: SEGMENT_HEADER_LEN as u64,
                 }
@@ -332,7 +379,21 @@ impl Wal {
             .expect("preallocation thread is running");
 
         let backend = device.name();
+        let mut current = current;
+        let tail = match device.direct_block() {
+            Some(block) => {
+                let path = &lock(&segments)
+                    .last()
+                    .expect("a segment exists")
+                    .path
+                    .clone();
+                current.direct = open_direct(path);
+                Some(AlignedTail::load(&current.file, current.off, block)?)
+            }
+            None => None,
+        };
         let w = Writer {
+            tail,
             shared: shared.clone(),
             device,
             current,
@@ -486,6 +547,7 @@ impl Drop for Wal {
 }
 
 struct Writer {
+    tail: Option<AlignedTail>,
     shared: Arc<Shared>,
     device: Box<dyn LogDevice>,
     current: Current,
@@ -557,8 +619,29 @@ impl Writer {
             self.roll(first_index)?;
             prefix = sticky.encoded();
         }
-        self.device
-            .write_and_sync(&self.current.file, self.current.off, &[&prefix, batch])?;
+        match &mut self.tail {
+            None => self.device.write_and_sync(
+                &self.current.file,
+                self.current.off,
+                &[&prefix, batch],
+            )?,
+            Some(t) => {
+                let file = self.current.direct.as_ref().unwrap_or(&self.current.file);
+                let total = t.len + prefix.len() + batch.len();
+                let padded = total.next_multiple_of(t.block);
+                t.buf.reserve(padded);
+                let b = t.buf.as_mut_slice();
+                b[t.len..t.len + prefix.len()].copy_from_slice(&prefix);
+                b[t.len + prefix.len()..total].copy_from_slice(batch);
+                b[total..padded].fill(0);
+                self.device
+                    .write_and_sync(file, t.block_start, &[&b[..padded]])?;
+                let full = total / t.block * t.block;
+                b.copy_within(full..total, 0);
+                t.len = total - full;
+                t.block_start += full as u64;
+            }
+        }
         let written = (prefix.len() + batch.len()) as u64;
         self.current.off += written;
         Ok(written)
@@ -574,12 +657,21 @@ impl Writer {
             "preallocated segments arrive in order"
         );
         let seg = install(&self.dir, seq, first_index)?;
+        let direct = if self.tail.is_some() {
+            open_direct(&seg.path)
+        } else {
+            None
+        };
         lock(&self.segments).push(seg);
         self.current = Current {
             file,
+            direct,
             seq,
             off: SEGMENT_HEADER_LEN as u64,
         };
+        if let Some(t) = &mut self.tail {
+            *t = AlignedTail::load(&self.current.file, self.current.off, t.block)?;
+        }
         // The preallocation thread only stops when the WAL is dropped.
         let _ = self.req_tx.send(seq + 1);
         Ok(())
