@@ -283,7 +283,9 @@ fn main() {
     let mut removed = 0;
     loop {
         let s = Instant::now();
-        let p = store.compact_step(1000).expect("compact step");
+        let p = store
+            .compact_step(10_000, Duration::from_millis(5))
+            .expect("compact step");
         longest_step = longest_step.max(s.elapsed());
         removed += p.removed;
         if p.finished {

@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         let rev = tx.commit().expect("commit");
         history.insert(rev, model.clone());
         if op % 6 == 4 && b % 2 == 0 {
-            store.compact_step(usize::from(b % 7) + 1).expect("compact step");
+            store.compact_step(usize::from(b % 7) + 1, std::time::Duration::ZERO).expect("compact step");
         }
         // Reads at the current and at a past revision match the history.
         assert_eq!(all(&store, 0).as_ref(), Some(&model));
