@@ -158,6 +158,11 @@ impl<'db> WriteTxn<'db> {
         self.meta.txn
     }
 
+    /// Pages this transaction has dirtied so far: what its commit will write.
+    pub fn dirty_pages(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// Opens (creating if missing) a named tree.
     pub fn open_tree(&mut self, name: &[u8]) -> Result<TreeId> {
         if let Some(i) = self.trees.iter().position(|t| t.name == name) {

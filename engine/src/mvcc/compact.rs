@@ -190,6 +190,10 @@ pub(crate) fn hash_kv<S: PageSource + ?Sized>(
     })
 }
 
+/// A compaction step stops once it has dirtied this many pages, so that its commit (which
+/// writes them while writers wait) stays short.
+const STEP_DIRTY_PAGES_MAX: usize = 256;
+
 /// Progress of physical compaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactProgress {
@@ -203,8 +207,8 @@ pub struct CompactProgress {
 
 impl Store {
     /// Removes compacted history in one short write transaction: up to about `batch`
-    /// revisions, stopping early once `budget` has passed (after at least one main
-    /// revision, so every step makes progress). Call until `finished`; writers wait at most
+    /// revisions, stopping early once `budget` has passed or the step has dirtied 256 pages
+    /// (after at least one main revision, so every step makes progress). Call until `finished`; writers wait at most
     /// for one step.
     pub fn compact_step(&self, batch: usize, budget: Duration) -> Result<CompactProgress> {
         let deadline = Instant::now() + budget;
@@ -249,9 +253,11 @@ impl Store {
         let mut seen: HashSet<&[u8]> = HashSet::new();
         let first_main = todo.first().map_or(0, |t| t.0.main);
         for (r, _, user) in &todo {
-            if r.main != first_main && Instant::now() >= deadline {
-                // Out of time: this main revision and later ones are left for the next
-                // step (redoing part of one is harmless).
+            if r.main != first_main
+                && (Instant::now() >= deadline || tx.w.dirty_pages() >= STEP_DIRTY_PAGES_MAX)
+            {
+                // Out of time, or the commit would write too much: this main revision and
+                // later ones are left for the next step (redoing part of one is harmless).
                 finished = false;
                 done_revision = r.main - 1;
                 break;
