@@ -1,0 +1,183 @@
+//! Page allocation and the free tree.
+//!
+//! Free tree keys are `ready_after (u64 BE) ‖ txn (u64 BE) ‖ chunk (u32 BE)`; values are
+//! lists of page ids (u64 LE). An entry is reclaimable when `ready_after ≤ horizon`, where
+//! the horizon is the oldest version any reader or the durable checkpoint may still use.
+//! Pages taken from reclaimable entries but not used by a commit are written back with
+//! `ready_after = 0`. The free tree is edited in place with the same copy-on-write code;
+//! the commit repeats that edit until the lists it writes describe the result of writing
+//! them (a fixed point: each round can only add freed pages or use up pooled ones).
+
+use super::WriteTxn;
+use crate::btree::error::Result;
+use crate::btree::page::{self, HEADER_LEN, PageId, Ref};
+
+/// Bytes of a free-tree key.
+pub(super) const FREE_KEY_LEN: usize = 20;
+
+pub(super) fn free_key(ready_after: u64, txn: u64, chunk: u32) -> [u8; FREE_KEY_LEN] {
+    let mut k = [0u8; FREE_KEY_LEN];
+    k[..8].copy_from_slice(&ready_after.to_be_bytes());
+    k[8..16].copy_from_slice(&txn.to_be_bytes());
+    k[16..].copy_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+fn free_key_ready_after(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k[..8].try_into().expect("free key"))
+}
+
+pub(crate) fn decode_ids(v: &[u8]) -> impl Iterator<Item = PageId> + '_ {
+    v.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+}
+
+impl WriteTxn<'_> {
+    pub(super) fn alloc_run(&mut self, n: u64) -> Result<PageId> {
+        loop {
+            if n == 1 {
+                if let Some(id) = self.pool.pop_first() {
+                    return Ok(id);
+                }
+            } else if let Some(id) = self.take_pool_run(n) {
+                return Ok(id);
+            }
+            if self.in_free_op || !self.load_reclaimable()? {
+                break;
+            }
+        }
+        let id = self.meta.high_water;
+        self.meta.high_water += n;
+        Ok(id)
+    }
+
+    /// Removes `n` consecutive ids from the pool, if it holds such a run.
+    pub(super) fn take_pool_run(&mut self, n: u64) -> Option<PageId> {
+        let mut run_start = 0;
+        let mut run_len = 0;
+        let mut found = None;
+        for &id in &self.pool {
+            if run_len > 0 && id == run_start + run_len {
+                run_len += 1;
+            } else {
+                run_start = id;
+                run_len = 1;
+            }
+            if run_len == n {
+                found = Some(run_start);
+                break;
+            }
+        }
+        let start = found?;
+        for id in start..start + n {
+            self.pool.remove(&id);
+        }
+        Some(start)
+    }
+
+    /// Moves the oldest reclaimable free-tree entry into the pool. False if there is none.
+    pub(super) fn load_reclaimable(&mut self) -> Result<bool> {
+        let (key, ids) = {
+            let mut c = crate::btree::cursor::Cursor::new(self, self.meta.free_root);
+            if !c.first()? {
+                return Ok(false);
+            }
+            let (k, v) = c.current()?.expect("valid cursor");
+            if free_key_ready_after(k) > self.horizon {
+                return Ok(false);
+            }
+            (k.to_vec(), decode_ids(v).collect::<Vec<_>>())
+        };
+        self.pool.extend(ids);
+        self.in_free_op = true;
+        let mut root = self.meta.free_root;
+        let r = self.delete_in(&mut root, &key, true);
+        self.meta.free_root = root;
+        self.in_free_op = false;
+        let removed = r?;
+        assert!(removed, "free-tree entry vanished while loading it");
+        Ok(true)
+    }
+
+    pub(super) fn alloc_page(&mut self) -> Result<PageId> {
+        let id = self.alloc_run(1)?;
+        let buf = self.db.page_buffer();
+        let prev = self.dirty.insert(id, buf);
+        assert!(prev.is_none(), "page {id} allocated twice");
+        Ok(id)
+    }
+
+    /// Frees a page (or the first page of a run of `n`).
+    pub(super) fn free_run(&mut self, id: PageId, n: u64) {
+        if self.dirty.remove(&id).is_some() {
+            // Never visible to anyone else: reusable now.
+            for p in id..id + n {
+                if self.fixpoint {
+                    self.freed.push(p);
+                } else {
+                    self.pool.insert(p);
+                }
+            }
+        } else {
+            self.freed.extend(id..id + n);
+        }
+    }
+
+    pub(super) fn free_ref(&mut self, r: Ref<'_>) {
+        if let Ref::Overflow { page, len } = r {
+            let n = self.base.lim.overflow_pages(len as usize);
+            self.free_run(page, n);
+        }
+    }
+
+    /// Stores bytes in a new overflow run.
+    pub(super) fn store_overflow(&mut self, data: &[u8]) -> Result<(PageId, u32)> {
+        let n = self.base.lim.overflow_pages(data.len());
+        let id = self.alloc_run(n)?;
+        let mut buf = vec![0u8; n as usize * self.page_size()].into_boxed_slice();
+        page::init_overflow(&mut buf, data.len(), n);
+        buf[HEADER_LEN..HEADER_LEN + data.len()].copy_from_slice(data);
+        let prev = self.dirty.insert(id, buf);
+        assert!(prev.is_none(), "overflow run at {id} allocated twice");
+        Ok((id, data.len() as u32))
+    }
+
+    pub(super) fn write_free_entries(&mut self) -> Result<()> {
+        self.in_free_op = true;
+        self.fixpoint = true;
+        let per = self.ids_per_entry();
+        let txn = self.meta.txn;
+        let mut written: Vec<[u8; FREE_KEY_LEN]> = Vec::new();
+        for _round in 0..1000 {
+            let mut root = self.meta.free_root;
+            for k in written.drain(..) {
+                let r = self.delete_in(&mut root, &k, false);
+                self.meta.free_root = root;
+                assert!(r?, "own free-tree entry missing");
+            }
+            let (nfreed, npool) = (self.freed.len(), self.pool.len());
+            let mut freed = self.freed.clone();
+            freed.sort_unstable();
+            let pool: Vec<PageId> = self.pool.iter().copied().collect();
+            let lists = [(txn, freed), (0, pool)];
+            for (ready_after, ids) in &lists {
+                for (c, chunk) in ids.chunks(per).enumerate() {
+                    let key = free_key(*ready_after, txn, c as u32);
+                    let val: Vec<u8> = chunk.iter().flat_map(|id| id.to_le_bytes()).collect();
+                    let r = self.put_in(&mut root, &key, &val);
+                    self.meta.free_root = root;
+                    r?;
+                    written.push(key);
+                }
+            }
+            if self.freed.len() == nfreed && self.pool.len() == npool {
+                return Ok(());
+            }
+        }
+        panic!("free-tree fixed point did not converge");
+    }
+
+    pub(super) fn ids_per_entry(&self) -> usize {
+        (self.base.lim.cell_max - 1 - (2 + FREE_KEY_LEN) - 2) / 8
+    }
+}
