@@ -328,8 +328,8 @@ fn torn_tail_is_truncated_and_mid_log_corruption_is_an_error() {
     let (_w, recs) = open(dir.path(), o.clone());
     assert_eq!(entries(&recs), (1..=98).collect::<Vec<_>>());
 
-    // A flipped byte more than the torn-write window (here 4 KiB) before the tail:
-    // corruption, named with segment and offset.
+    // A flipped byte more than the torn-write window (here about 200 KiB: a batch plus two
+    // sticky records) before the tail: corruption, named with segment and offset.
     let dir = tempfile::tempdir().expect("tempdir");
     let (w, _) = open(
         dir.path(),
@@ -339,7 +339,7 @@ fn torn_tail_is_truncated_and_mid_log_corruption_is_an_error() {
             backend: Backend::Syscall,
         },
     );
-    for i in 1..=200 {
+    for i in 1..=2000 {
         w.append_sync(RecordKind::Entry, i, &payload(i, 100))
             .expect("append");
     }
@@ -639,4 +639,30 @@ fn io_uring_without_o_direct_falls_back_to_the_page_cache() {
     w.close().expect("close");
     let (_w, recs) = open(dir.path(), opts(Backend::Syscall));
     assert_eq!(entries(&recs).last(), Some(&601));
+}
+
+/// State and snapshot records are repeated in every segment, so they are kept small.
+#[test]
+fn sticky_records_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, _) = open(
+        dir.path(),
+        Options {
+            inflight_bytes_max: 1 << 20,
+            ..opts(Backend::Syscall)
+        },
+    );
+    let big = vec![0u8; wal::STICKY_PAYLOAD_MAX + 1];
+    assert!(matches!(
+        w.append(RecordKind::State, 1, &big),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(
+        w.append(RecordKind::Snapshot, 1, &big),
+        Err(Error::TooLarge { .. })
+    ));
+    w.append_sync(RecordKind::Entry, 1, &big)
+        .expect("entries may be larger");
+    w.append_sync(RecordKind::State, 1, &big[..wal::STICKY_PAYLOAD_MAX])
+        .expect("at the limit");
 }

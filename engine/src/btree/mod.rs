@@ -447,8 +447,11 @@ impl Drop for Db {
     fn drop(&mut self) {
         // Best effort: a clean drop leaves nothing to replay. Errors were or will be
         // reported by the calls that hit them; a poisoned database is left as it is.
+        // Compare versions, not unsynced bytes: a commit that changed only the marker
+        // writes no pages but must still become durable.
+        let committed = lock(&self.shared.state).meta.txn;
         if !self.shared.poisoned.load(Ordering::Acquire)
-            && self.shared.unsynced_bytes.load(Ordering::Acquire) > 0
+            && committed != self.shared.durable_txn.load(Ordering::Acquire)
         {
             let _ = self.checkpoint();
         }

@@ -563,7 +563,14 @@ impl<'db> WriteTxn<'db> {
     /// Makes the transaction visible to new readers. Durability comes with the next
     /// checkpoint (run by this call, after the writer lock is released, once unsynced
     /// bytes pass `Options::checkpoint_bytes`).
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.commit_with(|| {})
+    }
+
+    /// Like [`WriteTxn::commit`], running `published` once the new version is visible and
+    /// before the writer lock is released, so that state kept beside the tree (such as the
+    /// MVCC revision counters) changes in the same order as the versions.
+    pub fn commit_with(mut self, published: impl FnOnce()) -> Result<()> {
         self.db.check_poison()?;
         // Record changed trees in the catalog.
         let changed: Vec<(Vec<u8>, PageId, u64)> = self
@@ -591,6 +598,7 @@ impl<'db> WriteTxn<'db> {
         let meta = self.meta;
         let db = self.db;
         let checkpoint = db.publish(meta, pages)?;
+        published();
         // Release the writer lock first: the checkpoint's fsyncs must not hold up writers.
         drop(self);
         if checkpoint {

@@ -51,7 +51,8 @@ fn version_and_prev<'a, S: PageSource + ?Sized>(
     Ok((rec, prev))
 }
 
-/// Events from `start_rev` (main) up to the snapshot's current revision, at most `max`.
+/// Events from `start_rev` (main) up to the snapshot's current revision: at least `max`
+/// unless the feed ends first, and always every event of the last main revision returned.
 pub(crate) fn events<S: PageSource + ?Sized>(
     revs_tree: Option<&Tree<'_, S>>,
     keys_tree: Option<&Tree<'_, S>>,
@@ -70,15 +71,15 @@ pub(crate) fn events<S: PageSource + ?Sized>(
         main: start_rev.max(0),
         sub: 0,
     });
+    let mut last_main = 0;
     for e in revs_tree.range(&start, None) {
-        if out.len() >= max {
-            break;
-        }
         let (rk, rv) = e?;
         let rev = keys::decode_rev_key(rk).ok_or_else(|| corrupt("malformed revision key"))?;
-        if rev.main > upto {
+        // Stop at `max`, but never inside a main revision: callers resume at the next one.
+        if rev.main > upto || (out.len() >= max && rev.main != last_main) {
             break;
         }
+        last_main = rev.main;
         let user = rv
             .get(1..)
             .ok_or_else(|| corrupt("malformed revision value"))?;

@@ -368,7 +368,9 @@ impl Snapshot {
     }
 
     /// Events with revision ≥ `start_rev` for keys in `[key, range_end)` (range_end as in
-    /// Range), at most `max` of them, in revision order.
+    /// Range), in revision order: about `max` of them, never stopping inside a main
+    /// revision (a multi-key txn is returned whole), so a caller resumes at the last
+    /// returned main revision + 1.
     pub fn events(
         &self,
         start_rev: i64,

@@ -252,10 +252,10 @@ impl<'s> MvccTxn<'s> {
         self.finish();
         let revs = self.revs;
         let store = self.store;
-        self.w.commit()?;
-        // Readers copy the revisions and then open the B+tree version under this lock, so
-        // they never see revisions ahead of the data.
-        *lock(&store.revs) = revs;
+        // The counters change while the writer lock is still held, so the next writer
+        // starts from them. Readers copy the counters and open the B+tree version under
+        // the same counters lock, so they never see revisions ahead of the data.
+        self.w.commit_with(|| *lock(&store.revs) = revs)?;
         Ok(revs.current)
     }
 

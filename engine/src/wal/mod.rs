@@ -114,6 +114,17 @@ impl Default for Options {
     }
 }
 
+/// Largest payload of a `State` or `Snapshot` record. They are repeated at the start of
+/// each segment, so they must stay small next to a batch.
+pub const STICKY_PAYLOAD_MAX: usize = 64 << 10;
+
+/// The most bytes the writer can have unsynced at once: a full batch plus the sticky
+/// records written before it at a segment switch. Replay treats an invalid record as a
+/// torn tail only if nothing valid starts this far past it.
+pub(crate) fn torn_window(opts: &Options) -> usize {
+    opts.inflight_bytes_max + 2 * format::record_len(STICKY_PAYLOAD_MAX)
+}
+
 /// A segment file: `{seq:016x}-{first_index:016x}.wal`.
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
@@ -207,7 +218,10 @@ pub(crate) fn replay(
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         let bytes = fs::read(&seg.path)?;
-        let window = format::decode_segment_header(&bytes, seg.seq, &seg.path)? as usize;
+        // The writer of this segment may have run with other options than ours: allow the
+        // larger of the two windows.
+        let window = (format::decode_segment_header(&bytes, seg.seq, &seg.path)? as usize)
+            .max(torn_window(opts));
         let record_max = window.max(opts.inflight_bytes_max);
         let scan = format::scan(&bytes, &seg.path, last, window, record_max)?;
         for r in &scan.records {

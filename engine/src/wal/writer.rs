@@ -176,7 +176,7 @@ fn preallocate(dir: &Path, seq: u64, opts: &Options) -> Result<File> {
         .create(true)
         .truncate(true)
         .open(&path)?;
-    let header = format::encode_segment_header(seq, opts.inflight_bytes_max as u64);
+    let header = format::encode_segment_header(seq, super::torn_window(opts) as u64);
     device::pwritev_all(&file, 0, &[&header])?;
     let zeros = vec![0u8; 1 << 20];
     let mut off = SEGMENT_HEADER_LEN as u64;
@@ -405,7 +405,14 @@ impl Wal {
         };
         let writer = std::thread::Builder::new()
             .name("etch-wal-writer".into())
-            .spawn(move || w.run())?;
+            .spawn(move || {
+                let shared = w.shared.clone();
+                // A panic (a broken invariant) must not leave waiters hanging: fail them.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
+                    let next = shared.done_seq() + 1;
+                    shared.fail(next, "the WAL writer thread panicked");
+                }
+            })?;
         Ok(Wal {
             shared,
             writer: Some(writer),
@@ -428,6 +435,14 @@ impl Wal {
     /// Queues a record; the handle completes once it is durable. Waits while the queued
     /// and in-flight bytes exceed `inflight_bytes_max`.
     pub fn append(&self, kind: RecordKind, index: u64, payload: &[u8]) -> Result<AppendHandle> {
+        if matches!(kind, RecordKind::State | RecordKind::Snapshot)
+            && payload.len() > super::STICKY_PAYLOAD_MAX
+        {
+            return Err(Error::TooLarge {
+                len: payload.len(),
+                max: super::STICKY_PAYLOAD_MAX,
+            });
+        }
         let len = format::record_len(payload.len());
         if len > self.shared.inflight_max {
             return Err(Error::TooLarge {
@@ -679,23 +694,30 @@ impl Writer {
 
     /// A failed write or sync: fail this batch, everything queued, and every later append.
     fn fail(&self, first_seq: u64, e: Error) {
-        let why: Arc<str> = Arc::from(e.to_string());
-        tracing::error!("WAL write failed, refusing further appends: {why}");
-        lock(&self.shared.q).failed = Some(why.clone());
-        let wakers = {
-            let mut d = lock(&self.shared.done);
-            d.failed = Some((first_seq, why));
-            std::mem::take(&mut d.wakers)
-        };
-        self.shared.done_cv.notify_all();
-        self.shared.room_cv.notify_all();
-        for (_, w) in wakers {
-            w.wake();
-        }
+        self.shared.fail(first_seq, &e.to_string());
     }
 }
 
 impl Shared {
+    /// Fails appends from `first_seq` on, everything queued, and every later append.
+    fn fail(&self, first_seq: u64, why: &str) {
+        let why: Arc<str> = Arc::from(why);
+        tracing::error!("WAL write failed, refusing further appends: {why}");
+        lock(&self.q).failed = Some(why.clone());
+        let wakers = {
+            let mut d = lock(&self.done);
+            if d.failed.is_none() {
+                d.failed = Some((first_seq, why));
+            }
+            std::mem::take(&mut d.wakers)
+        };
+        self.done_cv.notify_all();
+        self.room_cv.notify_all();
+        for (_, w) in wakers {
+            w.wake();
+        }
+    }
+
     fn done_seq(&self) -> u64 {
         lock(&self.done).durable_seq
     }
