@@ -12,6 +12,9 @@ use super::WriteTxn;
 use crate::btree::error::Result;
 use crate::btree::page::{self, HEADER_LEN, PageId, Ref};
 
+/// Free-tree entries loaded at most while looking for a run of adjacent free pages.
+const RUN_SEARCH_LOADS_MAX: usize = 16;
+
 /// Bytes of a free-tree key.
 pub(super) const FREE_KEY_LEN: usize = 20;
 
@@ -34,6 +37,10 @@ pub(crate) fn decode_ids(v: &[u8]) -> impl Iterator<Item = PageId> + '_ {
 
 impl WriteTxn<'_> {
     pub(super) fn alloc_run(&mut self, n: u64) -> Result<PageId> {
+        // A run of several pages looks through a bounded number of free-tree entries for
+        // adjacent ids, then takes fresh pages: the pool (rewritten at every commit) must
+        // not grow to the whole free list.
+        let mut loads = 0;
         loop {
             if n == 1 {
                 if let Some(id) = self.pool.pop_first() {
@@ -42,9 +49,13 @@ impl WriteTxn<'_> {
             } else if let Some(id) = self.take_pool_run(n) {
                 return Ok(id);
             }
-            if self.in_free_op || !self.load_reclaimable()? {
+            if self.in_free_op
+                || (n > 1 && loads >= RUN_SEARCH_LOADS_MAX)
+                || !self.load_reclaimable()?
+            {
                 break;
             }
+            loads += 1;
         }
         let id = self.meta.high_water;
         self.meta.high_water += n;
