@@ -7,4 +7,5 @@
 pub mod btree;
 mod io;
 pub mod mvcc;
+mod util;
 pub mod wal;

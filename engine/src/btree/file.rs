@@ -141,7 +141,7 @@ impl SimFile {
     }
 
     fn state(&self) -> MutexGuard<'_, SimState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// Arms a fault; counting starts now.

@@ -22,7 +22,9 @@ mod write;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::util::lock;
 
 pub use check::CheckReport;
 pub use cursor::{Cursor, Range, Tree};
@@ -130,12 +132,6 @@ impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db").field("stats", &self.stats()).finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves no half-made state behind that a
-    // later caller could observe (state is swapped in whole), so the poison flag is moot.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Db {

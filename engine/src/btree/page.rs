@@ -37,18 +37,8 @@ const OFF_AUX0: usize = 24;
 /// Node pages: bytes of dead cells (reclaimed by compaction). Overflow runs: page count.
 const OFF_AUX1: usize = 28;
 
-#[inline]
-pub(crate) fn rd_u16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-#[inline]
-pub(crate) fn rd_u32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-#[inline]
-pub(crate) fn rd_u64(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
-}
+pub(crate) use crate::util::{rd_u16, rd_u32, rd_u64};
+
 #[inline]
 pub(crate) fn wr_u16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_le_bytes());

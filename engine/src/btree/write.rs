@@ -439,13 +439,51 @@ impl<'db> WriteTxn<'db> {
     // -----------------------------------------------------------------------------------
     // Delete
 
-    fn delete_in(&mut self, root: &mut PageId, key: &[u8], rebalance: bool) -> Result<bool> {
-        if view::get(self, *root, key)?.is_none() {
-            return Ok(false);
+    /// Searches read-only for `key`: the child index taken at each branch and the leaf
+    /// cell index, or None if the key is absent.
+    fn find(&self, root: PageId, key: &[u8]) -> Result<Option<(Vec<usize>, usize)>> {
+        if root == 0 {
+            return Ok(None);
         }
-        let (mut path, leaf, _) = self.descend_mut(root, key)?;
-        let (idx, found) = view::leaf_search(self, self.page_ref(leaf), key)?;
-        assert!(found, "key found by get but not by the copying descent");
+        let mut steps = Vec::new();
+        let mut p = self.node(root)?;
+        while page::kind(p) == KIND_BRANCH {
+            let i = view::branch_search(self, p, key)?;
+            steps.push(i);
+            p = self.node(page::branch_child(p, i))?;
+        }
+        let (idx, found) = view::leaf_search(self, p, key)?;
+        Ok(found.then_some((steps, idx)))
+    }
+
+    /// Copies the pages along a path found by `find`, without searching again. Returns the
+    /// branch path (page, child index) and the leaf.
+    fn copy_path(
+        &mut self,
+        root: &mut PageId,
+        steps: &[usize],
+    ) -> Result<(Vec<(PageId, usize)>, PageId)> {
+        let mut id = self.touch(*root)?;
+        *root = id;
+        let mut path = Vec::with_capacity(steps.len());
+        for &i in steps {
+            let child = page::branch_child(self.page_ref(id), i);
+            let new = self.touch(child)?;
+            if new != child {
+                page::set_branch_child(self.page_mut(id), i, new);
+            }
+            path.push((id, i));
+            id = new;
+        }
+        Ok((path, id))
+    }
+
+    fn delete_in(&mut self, root: &mut PageId, key: &[u8], rebalance: bool) -> Result<bool> {
+        // Search first and copy only on a hit: a miss must not dirty any page.
+        let Some((steps, idx)) = self.find(*root, key)? else {
+            return Ok(false);
+        };
+        let (mut path, leaf) = self.copy_path(root, &steps)?;
         let (k, v) = page::leaf_entry(self.page_ref(leaf), idx);
         let (k, v) = (owned_ref(k), owned_ref(v));
         page::remove_cell(self.page_mut(leaf), idx);

@@ -6,14 +6,10 @@ use std::time::{Duration, Instant};
 use super::keys::{self, KvRecord};
 use super::read::to_kv;
 use super::{
-    Error, Event, EventType, KeyValue, META_COMPACT_DONE, Result, Revision, Revs, Store,
+    Error, Event, EventType, KeyValue, META_COMPACT_DONE, Result, Revision, Revs, Store, corrupt,
     range_bounds,
 };
 use crate::btree::{PageSource, Tree};
-
-fn corrupt(what: &str) -> Error {
-    Error::Corrupt(what.to_string())
-}
 
 fn in_range(user: &[u8], key: &[u8], range_end: &[u8]) -> bool {
     match range_bounds(key, range_end) {

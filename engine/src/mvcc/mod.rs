@@ -12,7 +12,7 @@ mod read;
 mod write;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::btree::{self, Db, ReadTxn, Tree, View};
 
@@ -245,9 +245,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Revs is replaced whole under the lock; a panic cannot leave it half-written.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+pub(crate) use crate::util::lock;
+
+pub(crate) fn corrupt(what: &str) -> Error {
+    Error::Corrupt(what.to_string())
 }
 
 pub(crate) fn be_i64(v: Option<&[u8]>) -> Result<i64> {

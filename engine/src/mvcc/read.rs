@@ -5,13 +5,9 @@ use std::cmp::Ordering;
 use super::keys::{self, KvRecord};
 use super::{
     Error, KeyValue, Lease, RangeRequest, RangeResponse, Result, Revision, Revs, SortOrder,
-    SortTarget, range_bounds,
+    SortTarget, corrupt, range_bounds,
 };
 use crate::btree::{PageSource, Tree};
-
-fn corrupt(what: &str) -> Error {
-    Error::Corrupt(format!("malformed {what} in the keys tree"))
-}
 
 /// Calls `f` with each live key in the range at revision `rev`, in key order, until it
 /// returns false. `f` gets the `keys` tree key (decode the user key with
@@ -51,7 +47,7 @@ pub(crate) fn visit<S: PageSource + ?Sized>(
             _ => {}
         }
         if k.len() < 18 {
-            return Err(corrupt("key"));
+            return Err(corrupt("malformed key in the keys tree"));
         }
         prefix.clear();
         prefix.extend_from_slice(&k[..k.len() - 16]);
@@ -69,7 +65,7 @@ pub(crate) fn visit<S: PageSource + ?Sized>(
             }
         }
         let (k, v) = c.current()?.expect("cursor is on an entry");
-        let rec = keys::decode_kv(v).ok_or_else(|| corrupt("value"))?;
+        let rec = keys::decode_kv(v).ok_or_else(|| corrupt("malformed value in the keys tree"))?;
         if !rec.tombstone && !f(k, r, rec)? {
             return Ok(());
         }
@@ -95,7 +91,9 @@ pub(crate) fn visit<S: PageSource + ?Sized>(
 }
 
 fn user_key(k: &[u8]) -> Result<Vec<u8>> {
-    Ok(keys::decode_key(k).ok_or_else(|| corrupt("key"))?.0)
+    Ok(keys::decode_key(k)
+        .ok_or_else(|| corrupt("malformed key in the keys tree"))?
+        .0)
 }
 
 pub(crate) fn to_kv(key: &[u8], rev: Revision, rec: &KvRecord<'_>, with_value: bool) -> KeyValue {

@@ -103,7 +103,7 @@ pub struct FaultHandle(Arc<Mutex<FaultState>>);
 
 impl FaultHandle {
     pub fn arm(&self, f: DeviceFault) {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::util::lock(&self.0);
         s.writes = 0;
         s.syncs = 0;
         s.fault = Some(f);
@@ -136,7 +136,7 @@ fn eio() -> io::Error {
 impl LogDevice for FaultyDevice {
     fn write_and_sync(&mut self, file: &File, offset: u64, bufs: &[&[u8]]) -> io::Result<()> {
         let (fail_write, fail_sync) = {
-            let mut s = self.handle.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = crate::util::lock(&self.handle.0);
             s.writes += 1;
             s.syncs += 1;
             (
@@ -164,7 +164,7 @@ impl LogDevice for FaultyDevice {
     }
     fn sync(&mut self, file: &File) -> io::Result<()> {
         let fail = {
-            let mut s = self.handle.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = crate::util::lock(&self.handle.0);
             s.syncs += 1;
             s.fault == Some(DeviceFault::FailSync(s.syncs))
         };

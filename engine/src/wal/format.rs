@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::{Error, RecordKind, Result};
+use crate::util::{rd_u32, rd_u64};
 
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"ETCHWAL1";
 pub(crate) const SEGMENT_VERSION: u32 = 1;
@@ -11,15 +12,6 @@ pub(crate) const SEGMENT_VERSION: u32 = 1;
 pub(crate) const SEGMENT_HEADER_LEN: usize = 64;
 /// Bytes of a record header.
 pub(crate) const RECORD_HEADER_LEN: usize = 24;
-
-#[inline]
-fn rd_u32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-#[inline]
-fn rd_u64(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
-}
 
 /// Record size on disk: header + payload, padded to 8 bytes.
 pub(crate) fn record_len(payload_len: usize) -> usize {

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::util::lock;
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
@@ -17,12 +19,6 @@ use super::{
     prealloc_name, replay, segment_name, sync_dir,
 };
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // State behind these locks is updated in single assignments; a panicking holder
-    // cannot leave it half-changed.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Sticky records: the latest snapshot marker and state, re-written at each segment start.
 #[derive(Clone, Default)]
