@@ -188,37 +188,24 @@ fn main() {
     let snap = store.read().expect("read");
     let reads = 200_000u64;
     let mut x = 12345u64;
-    let t = Instant::now();
-    for _ in 0..reads {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let r = snap
-            .range(&RangeRequest {
-                key: key((x >> 20) % n),
-                ..Default::default()
-            })
-            .expect("get");
-        assert_eq!(r.kvs.len(), 1);
+    for (name, revision) in [
+        ("point range at head (random key)", 0),
+        ("point range at an old revision", old_rev),
+    ] {
+        let t = Instant::now();
+        for _ in 0..reads {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let r = snap
+                .range(&RangeRequest {
+                    key: key((x >> 20) % n),
+                    revision,
+                    ..Default::default()
+                })
+                .expect("get");
+            assert_eq!(r.kvs.len(), 1);
+        }
+        rows.push(Row(name.into(), per_op(reads, t.elapsed())));
     }
-    rows.push(Row(
-        "point range at head (random key)".into(),
-        per_op(reads, t.elapsed()),
-    ));
-    let t = Instant::now();
-    for _ in 0..reads {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let r = snap
-            .range(&RangeRequest {
-                key: key((x >> 20) % n),
-                revision: old_rev,
-                ..Default::default()
-            })
-            .expect("get");
-        assert_eq!(r.kvs.len(), 1);
-    }
-    rows.push(Row(
-        "point range at an old revision".into(),
-        per_op(reads, t.elapsed()),
-    ));
 
     let scans = 500u64;
     let t = Instant::now();
