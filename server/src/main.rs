@@ -1,47 +1,98 @@
-//! `etch`: the etch server binary.
+//! `etch`: an etcd-compatible server.
 //!
-//! The etcd-compatible server is not built yet. Today the binary offers the operator
-//! command `etch check DATA_FILE`, which verifies every page and invariant of a data file.
+//! `etch [etcd flags]` serves etcd's v3 gRPC API (KV today) from a data dir;
+//! `etch check PATH` verifies a data file (or a data dir's data file).
+
+mod apply;
+mod autocompact;
+mod config;
+mod convert;
+mod errors;
+mod ids;
+mod kv;
+mod pb;
+mod server;
+mod validate;
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use etch_engine::btree::{Db, Options};
 
-const USAGE: &str = "usage: etch check DATA_FILE   verify every page of an etch data file
-       etch --version
-
-The etcd-compatible server is not implemented yet.";
+/// The etcd API version etch speaks and reports.
+pub const ETCD_VERSION: &str = "3.6.0";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["--version"] => {
-            println!("etch {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    if args.first().map(String::as_str) == Some("check") {
+        return match args.as_slice() {
+            [_, path] => check(Path::new(path)),
+            _ => {
+                eprintln!("usage: etch check DATA_FILE|DATA_DIR");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let cmd = match config::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("etch: {e}");
+            eprintln!("Try 'etch --help' for more information.");
+            return ExitCode::from(1);
         }
-        ["check", path] => check(Path::new(path)),
-        _ => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
+    };
+    let cfg = match cmd {
+        config::Command::Version => {
+            println!("etch Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("etcd API Version: {ETCD_VERSION}");
+            return ExitCode::SUCCESS;
+        }
+        config::Command::Help => {
+            print!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        config::Command::Serve(cfg) => *cfg,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(cfg.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("etch-grpc")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("etch: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("etch: {e}");
+            ExitCode::from(1)
         }
     }
 }
 
 fn check(path: &Path) -> ExitCode {
-    if !path.is_file() {
+    let file = if path.is_dir() {
+        server::db_file(path)
+    } else {
+        path.to_path_buf()
+    };
+    if !file.is_file() {
         eprintln!("etch check: {} is not a file", path.display());
         return ExitCode::from(1);
     }
-    let db = match Db::open(path, Options::default()) {
+    let db = match Db::open(&file, Options::default()) {
         Ok(db) => db,
         Err(e) => {
-            eprintln!("etch check: cannot open {}: {e}", path.display());
+            eprintln!("etch check: cannot open {}: {e}", file.display());
             return ExitCode::from(1);
         }
     };
@@ -57,7 +108,7 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("etch check: {}: {e}", path.display());
+            eprintln!("etch check: {}: {e}", file.display());
             ExitCode::from(1)
         }
     }

@@ -393,6 +393,40 @@ impl Snapshot {
         )
     }
 
+    /// Evaluates a txn whose branches hold only ranges (nothing to write) at this
+    /// snapshot, as the write path would: compares first, then the chosen branch's ranges.
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse> {
+        let keys = self.tree(KEYS)?;
+        self.read_txn(keys.as_ref(), req)
+    }
+
+    fn read_txn(&self, keys: Option<&Tree<'_, View>>, req: &TxnRequest) -> Result<TxnResponse> {
+        let rev = self.revs.current;
+        let mut ok = true;
+        for c in &req.compare {
+            if !write::compare_at(keys, c, rev)? {
+                ok = false;
+                break;
+            }
+        }
+        let ops = if ok { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(r) => ResponseOp::Range(read::range(keys, &self.revs, r)?),
+                RequestOp::Txn(t) => ResponseOp::Txn(self.read_txn(keys, t)?),
+                RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
+                    panic!("txn_read_only given a txn that writes")
+                }
+            });
+        }
+        Ok(TxnResponse {
+            succeeded: ok,
+            responses,
+            revision: rev,
+        })
+    }
+
     pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
         compact::hash_kv(
             self.tree(REVS)?.as_ref(),

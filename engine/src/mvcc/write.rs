@@ -9,7 +9,7 @@ use super::{
     RangeRequest, RangeResponse, RequestOp, ResponseOp, Result, Revision, Revs, Store, TxnRequest,
     TxnResponse, lock,
 };
-use crate::btree::{TreeId, WriteTxn};
+use crate::btree::{PageSource, Tree, TreeId, WriteTxn};
 
 /// Writes to the store. Requests apply in order; each one that changes something gets the
 /// next main revision. Nothing is visible to readers before [`MvccTxn::commit`].
@@ -379,15 +379,7 @@ impl<'s> MvccTxn<'s> {
     }
 
     fn compare(&self, c: &Compare, rev: i64) -> Result<bool> {
-        let kvs = read::all(Some(&self.w.tree(self.t_keys)), &c.key, &c.range_end, rev)?;
-        if kvs.is_empty() {
-            // A missing key compares as zeroes, except that a value compare always fails.
-            if matches!(c.target, CompareTarget::Value(_)) {
-                return Ok(false);
-            }
-            return Ok(compare_kv(c, &KeyValue::default()));
-        }
-        Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+        compare_at(Some(&self.w.tree(self.t_keys)), c, rev)
     }
 
     /// Records, depth first, which branch every (nested) txn takes.
@@ -457,6 +449,23 @@ impl<'s> MvccTxn<'s> {
             revision: 0,
         })
     }
+}
+
+/// Evaluates one compare against the keys tree at revision `rev`.
+pub(crate) fn compare_at<S: PageSource + ?Sized>(
+    keys_tree: Option<&Tree<'_, S>>,
+    c: &Compare,
+    rev: i64,
+) -> Result<bool> {
+    let kvs = read::all(keys_tree, &c.key, &c.range_end, rev)?;
+    if kvs.is_empty() {
+        // A missing key compares as zeroes, except that a value compare always fails.
+        if matches!(c.target, CompareTarget::Value(_)) {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {

@@ -1,0 +1,208 @@
+//! The replicated state machine: committed Raft entries applied to the MVCC store, and
+//! the background work that follows them (physical compaction, checkpoints).
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use etch_engine::mvcc::{self, Store};
+use etch_raft::{Applied, Committed, StateMachine};
+use prost::Message as _;
+
+use crate::convert;
+use crate::errors::EtcdError;
+use crate::pb::etchpb::{InternalRequest, internal_request::Request};
+
+/// What applying one write produced.
+#[derive(Debug)]
+pub enum WriteResult {
+    Put(mvcc::PutResponse),
+    DeleteRange(mvcc::DeleteRangeResponse),
+    Txn(mvcc::TxnResponse),
+    /// Compaction accepted at this revision; the store is at `current`.
+    Compact {
+        revision: i64,
+        current: i64,
+    },
+}
+
+pub type Output = Result<WriteResult, EtcdError>;
+
+/// Applies entries to the store; one B+tree transaction per batch.
+pub struct Apply {
+    pub store: Arc<Store>,
+    pub compactor: Arc<Compactor>,
+}
+
+impl std::fmt::Debug for Apply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Apply").field("store", &self.store).finish()
+    }
+}
+
+/// An error that stops the state machine: storage failed under it.
+fn fatal(e: mvcc::Error) -> String {
+    format!("storage: {e}")
+}
+
+fn is_fatal(e: &mvcc::Error) -> bool {
+    matches!(e, mvcc::Error::Storage(_) | mvcc::Error::Corrupt(_))
+}
+
+impl StateMachine for Apply {
+    type Output = Output;
+
+    fn apply(
+        &mut self,
+        entries: &[Committed<'_>],
+        applied: &Applied,
+    ) -> Result<Vec<Output>, String> {
+        let mut tx = self.store.write().map_err(fatal)?;
+        let mut outs = Vec::with_capacity(entries.len());
+        let mut compacted = false;
+        for e in entries {
+            let req = InternalRequest::decode(e.data)
+                .map_err(|err| format!("entry {} is not a request: {err}", e.index))?;
+            let out = match req.request {
+                Some(Request::Put(p)) => tx.put(&convert::put_in(&p)).map(WriteResult::Put),
+                Some(Request::DeleteRange(d)) => tx
+                    .delete_range(&convert::delete_in(&d))
+                    .map(WriteResult::DeleteRange),
+                Some(Request::Txn(t)) => tx.txn(&convert::txn_in(&t)).map(WriteResult::Txn),
+                Some(Request::Compaction(c)) => {
+                    let r = tx.compact(c.revision).map(|()| WriteResult::Compact {
+                        revision: c.revision,
+                        current: tx.revision(),
+                    });
+                    compacted |= r.is_ok();
+                    r
+                }
+                None => return Err(format!("entry {} holds an empty request", e.index)),
+            };
+            match out {
+                Ok(r) => outs.push(Ok(r)),
+                Err(e) if is_fatal(&e) => return Err(fatal(e)),
+                Err(e) => outs.push(Err(EtcdError::from(e))),
+            }
+        }
+        tx.set_marker(&applied.encode()).map_err(fatal)?;
+        tx.commit().map_err(fatal)?;
+        if compacted {
+            self.compactor.kick();
+        }
+        Ok(outs)
+    }
+}
+
+/// Removes compacted history in the background, in short steps, so writers never wait
+/// long; `physical` compactions wait for it.
+pub struct Compactor {
+    state: Mutex<CompactState>,
+    cv: Condvar,
+}
+
+impl std::fmt::Debug for Compactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compactor").finish()
+    }
+}
+
+#[derive(Default)]
+struct CompactState {
+    work: bool,
+    stop: bool,
+    /// History is physically removed up to here.
+    done: i64,
+    failed: Option<String>,
+}
+
+impl Compactor {
+    pub fn start(store: Arc<Store>) -> (Arc<Compactor>, JoinHandle<()>) {
+        let c = Arc::new(Compactor {
+            state: Mutex::new(CompactState {
+                // A compaction interrupted by a restart resumes.
+                work: true,
+                ..Default::default()
+            }),
+            cv: Condvar::new(),
+        });
+        let c2 = c.clone();
+        let h = std::thread::Builder::new()
+            .name("etch-compact".into())
+            .spawn(move || c2.run(&store))
+            .expect("spawning the compactor thread");
+        (c, h)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CompactState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn kick(&self) {
+        self.lock().work = true;
+        self.cv.notify_all();
+    }
+
+    pub fn stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits until history below `rev` is physically gone (or compaction failed).
+    pub fn wait_done(&self, rev: i64, timeout: Duration) -> Result<(), EtcdError> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut st = self.lock();
+        loop {
+            if st.done >= rev {
+                return Ok(());
+            }
+            if let Some(why) = &st.failed {
+                return Err(EtcdError::Internal(why.clone()));
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline || st.stop {
+                return Err(EtcdError::Timeout);
+            }
+            st = self
+                .cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn run(&self, store: &Store) {
+        loop {
+            {
+                let mut st = self.lock();
+                while !st.work && !st.stop {
+                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if st.stop {
+                    return;
+                }
+                st.work = false;
+            }
+            loop {
+                match store.compact_step(1000, Duration::from_millis(10)) {
+                    Ok(p) => {
+                        let mut st = self.lock();
+                        st.done = st.done.max(p.done_revision);
+                        self.cv.notify_all();
+                        if p.finished || st.stop {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("compaction: {e}");
+                        self.lock().failed = Some(format!("etch: compaction: {e}"));
+                        self.cv.notify_all();
+                        return;
+                    }
+                }
+                // Let writers in between steps.
+                std::thread::yield_now();
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Types and services generated from server/proto (etcd's wire facts, written by us).
+
+#![allow(clippy::all, dead_code, missing_debug_implementations, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod etchpb {
+    tonic::include_proto!("etchpb");
+}

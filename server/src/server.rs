@@ -1,0 +1,329 @@
+//! The running server: opening the data dir, the Raft node over the store, background
+//! checkpoints, the gRPC listeners and graceful stop.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use etch_engine::btree;
+use etch_engine::mvcc::Store;
+use etch_raft::{Applied, NoPeers, Node};
+
+use crate::apply::{Apply, Compactor, Output, WriteResult};
+use crate::config::Config;
+use crate::errors::EtcdError;
+use crate::ids;
+use crate::kv::KvService;
+use crate::pb::etcdserverpb::ResponseHeader;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+
+/// Meta tree of cluster identity (local, not replicated).
+const CLUSTER_TREE: &[u8] = b"etch.cluster";
+/// Committed entries may run this far ahead of applied ones before writes are refused
+/// (etcd's limit).
+const APPLY_LAG_MAX: u64 = 5000;
+/// Headroom above --max-request-bytes that gRPC accepts before refusing a message outright
+/// (etcd's 512 KiB).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Shared server state.
+pub struct Etch {
+    pub cfg: Config,
+    pub store: Arc<Store>,
+    pub node: Node<Output>,
+    pub compactor: Arc<Compactor>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+impl std::fmt::Debug for Etch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etch")
+            .field("member_id", &format_args!("{:x}", self.member_id))
+            .field("cluster_id", &format_args!("{:x}", self.cluster_id))
+            .finish()
+    }
+}
+
+impl Etch {
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        }
+    }
+
+    /// etcd's request timeout: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.cfg.heartbeat * self.cfg.election_ticks as u32
+    }
+
+    /// etcd's space quota: a write that would take the data file past
+    /// `--quota-backend-bytes` is refused (deletes and compactions are always accepted).
+    pub fn check_quota(&self, cost: usize) -> Result<(), EtcdError> {
+        if cost == 0 {
+            return Ok(());
+        }
+        let st = self.store.db().stats();
+        let size = st.high_water_pages * st.page_size as u64;
+        if size + cost as u64 >= self.cfg.quota_backend_bytes {
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Replicates one encoded request and returns what applying it produced.
+    pub async fn propose(&self, bytes: Vec<u8>) -> Result<WriteResult, EtcdError> {
+        if bytes.len() > self.cfg.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        let st = self.node.status();
+        if st.commit > *self.node.applied().borrow() + APPLY_LAG_MAX {
+            return Err(EtcdError::TooManyRequests);
+        }
+        let rx = self.node.propose(bytes);
+        match tokio::time::timeout(self.request_timeout(), rx).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Ok(Ok(out))) => out,
+        }
+    }
+
+    /// Returns once local state reflects every write acknowledged before the call.
+    pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
+        let timeout = self.request_timeout();
+        let index = match tokio::time::timeout(timeout, self.node.read_index()).await {
+            Err(_) => return Err(EtcdError::Timeout),
+            Ok(Err(_)) => return Err(EtcdError::Stopped),
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Ok(Ok(i))) => i,
+        };
+        let mut applied = self.node.applied();
+        match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+/// Reads the member and cluster ids stored at bootstrap, or computes and stores them.
+fn identity(store: &Store, cfg: &Config) -> Result<(u64, u64), String> {
+    let snap = store.read().map_err(|e| e.to_string())?;
+    let get = |k: &[u8]| -> Result<Option<u64>, String> {
+        match snap.meta_get(CLUSTER_TREE, k).map_err(|e| e.to_string())? {
+            Some(v) => Ok(Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+                |_| "corrupt cluster identity in the data file".to_string(),
+            )?))),
+            None => Ok(None),
+        }
+    };
+    if let (Some(m), Some(c)) = (get(b"member_id")?, get(b"cluster_id")?) {
+        return Ok((m, c));
+    }
+    drop(snap);
+    if cfg.initial_cluster_state == "existing" {
+        return Err(
+            "--initial-cluster-state=existing needs a data dir that already belongs to the cluster"
+                .into(),
+        );
+    }
+    let m = ids::member_id(&cfg.peer_urls, &cfg.initial_cluster_token);
+    let c = ids::cluster_id(&[m]);
+    let mut tx = store.write().map_err(|e| e.to_string())?;
+    tx.meta_put(CLUSTER_TREE, b"member_id", &m.to_be_bytes())
+        .map_err(|e| e.to_string())?;
+    tx.meta_put(CLUSTER_TREE, b"cluster_id", &c.to_be_bytes())
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
+    store.checkpoint().map_err(|e| e.to_string())?;
+    Ok((m, c))
+}
+
+/// Checkpoints the store in the background and lets the Raft log drop what the
+/// checkpoint covers.
+struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How often the background checkpoint runs when writes are slow (busy stores checkpoint
+/// from their commits too, every 64 MiB of page writes).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+fn checkpoint_once(etch: &Etch) -> Result<(), String> {
+    let applied = Applied::decode(&etch.store.marker().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    etch.store.checkpoint().map_err(|e| e.to_string())?;
+    if applied.index > 0 {
+        etch.node.compact(applied.index);
+    }
+    Ok(())
+}
+
+impl Checkpointer {
+    fn start(etch: Arc<Etch>) -> Checkpointer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("etch-checkpoint".into())
+            .spawn(move || {
+                let mut waited = Duration::ZERO;
+                let step = Duration::from_millis(100);
+                while !s.load(Ordering::Acquire) {
+                    std::thread::sleep(step);
+                    waited += step;
+                    if waited < CHECKPOINT_INTERVAL {
+                        continue;
+                    }
+                    waited = Duration::ZERO;
+                    if let Err(e) = checkpoint_once(&etch) {
+                        tracing::error!("checkpoint failed: {e}; stopping");
+                        // A failed sync is fatal: recover from disk at the next start.
+                        std::process::exit(1);
+                    }
+                }
+            })
+            .expect("spawning the checkpoint thread");
+        Checkpointer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let member_dir = cfg.data_dir.join("member");
+    std::fs::create_dir_all(&member_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", member_dir.display()))?;
+    let db_path = member_dir.join("etch.db");
+    let store = Arc::new(
+        Store::open(&db_path, btree::Options::default())
+            .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?,
+    );
+    let (member_id, cluster_id) = identity(&store, &cfg)?;
+    let applied = Applied::decode(&store.marker().map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", db_path.display()))?;
+    let (compactor, compactor_thread) = Compactor::start(store.clone());
+    let mut rcfg = etch_raft::Config::new(member_id, &cfg.wal_dir);
+    rcfg.tick = cfg.heartbeat;
+    rcfg.election_ticks = cfg.election_ticks;
+    let node = Node::start(
+        rcfg,
+        applied.clone(),
+        Apply {
+            store: store.clone(),
+            compactor: compactor.clone(),
+        },
+        NoPeers,
+    )
+    .map_err(|e| format!("cannot start raft from {}: {e}", cfg.wal_dir.display()))?;
+    tracing::info!(
+        name = %cfg.name,
+        member_id = %format!("{member_id:x}"),
+        cluster_id = %format!("{cluster_id:x}"),
+        applied = applied.index,
+        revision = store.current_revision(),
+        data_dir = %cfg.data_dir.display(),
+        advertise_client_urls = ?cfg.advertise_client_urls,
+        "etch starting"
+    );
+    let etch = Arc::new(Etch {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        node,
+        compactor: compactor.clone(),
+        member_id,
+        cluster_id,
+    });
+    let checkpointer = Checkpointer::start(etch.clone());
+    let autocompactor = crate::autocompact::spawn(etch.clone());
+
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = Vec::new();
+    for addr in &cfg.listen_client {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(%addr, "serving client requests");
+        let kv = KvServer::new(KvService { etch: etch.clone() })
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(usize::MAX);
+        let mut stop_rx = stop_tx.subscribe();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(kv)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_rx.recv().await;
+                }),
+        ));
+    }
+    println!(
+        "etch is ready to serve client requests on {:?}",
+        cfg.listen_client
+    );
+
+    wait_for_signal(&etch).await;
+    tracing::info!("stopping: finishing in-flight requests");
+    let _ = stop_tx.send(());
+    if let Some(a) = autocompactor {
+        a.abort();
+    }
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    checkpointer.stop();
+    etch.node.stop();
+    compactor.stop();
+    let _ = compactor_thread.join();
+    let fatal = etch.node.fatal();
+    if let Some(why) = &fatal {
+        tracing::error!("stopped after a fatal error: {why}");
+    } else {
+        checkpoint_once(&etch)?;
+    }
+    tracing::info!(revision = store.current_revision(), "etch stopped");
+    match fatal {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+async fn wait_for_signal(etch: &Etch) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut check = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = check.tick() => {
+                // A fatal storage error stops the server; the next start recovers from disk.
+                if etch.node.fatal().is_some() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `etch check DATA_FILE`-style path helper: the data file inside a data dir.
+pub fn db_file(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("member").join("etch.db")
+}
