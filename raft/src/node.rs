@@ -175,8 +175,14 @@ impl<O: Send + 'static> Node<O> {
 
     /// Proposes `data`; the receiver yields what applying it produced once it is committed
     /// and applied.
+    /// `data` must not be empty: an empty entry is what a new leader appends, and applies
+    /// to nothing.
     pub fn propose(&self, data: Vec<u8>) -> oneshot::Receiver<Result<O>> {
         let (tx, rx) = oneshot::channel();
+        if data.is_empty() {
+            let _ = tx.send(Err(Error::Raft("empty proposal".into())));
+            return rx;
+        }
         if let Err((Msg::Propose { tx, .. }, e)) = self.send(Msg::Propose { data, tx }) {
             let _ = tx.send(Err(e));
         }
@@ -456,7 +462,7 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
         }
         let mut light = self.raw.advance(rd);
         if let Some(c) = light.commit_index() {
-            self.raw.mut_store().set_commit(c)?;
+            self.raw.mut_store().set_commit(c);
         }
         if !light.messages().is_empty() {
             self.transport.send(light.take_messages());

@@ -231,15 +231,14 @@ impl LogStore {
         Ok(self.wal.append(RecordKind::State, 0, &bytes)?)
     }
 
-    /// Records a new commit index (no wait: a commit index that does not reach the disk is
-    /// learned again from the leader, or from the applied index on restart).
-    pub fn set_commit(&mut self, commit: u64) -> Result<()> {
+    /// Records a new commit index in memory only. It reaches the WAL with the next hard
+    /// state raft-rs reports; writing it on its own would cost a second fdatasync per
+    /// batch. Losing it is harmless: a restarted node raises it to the applied index, and
+    /// a leader re-commits the rest of its log in its new term.
+    pub fn set_commit(&mut self, commit: u64) {
         if commit > self.hard_state.commit {
-            let mut hs = self.hard_state.clone();
-            hs.commit = commit;
-            drop(self.set_hard_state(&hs)?);
+            self.hard_state.commit = commit;
         }
-        Ok(())
     }
 
     /// Drops the log below `index` (whose effects the state machine has made durable) and
