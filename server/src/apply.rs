@@ -11,6 +11,7 @@ use prost::Message as _;
 
 use crate::convert;
 use crate::errors::EtcdError;
+use crate::lease::Lessor;
 use crate::pb::etchpb::{InternalRequest, internal_request::Request};
 
 /// What applying one write produced.
@@ -24,6 +25,10 @@ pub enum WriteResult {
         revision: i64,
         current: i64,
     },
+    LeaseGrant {
+        revision: i64,
+    },
+    LeaseCheckpoint,
 }
 
 pub type Output = Result<WriteResult, EtcdError>;
@@ -32,6 +37,10 @@ pub type Output = Result<WriteResult, EtcdError>;
 pub struct Apply {
     pub store: Arc<Store>,
     pub compactor: Arc<Compactor>,
+    /// The store's current revision, published after every applied batch (the watch hub
+    /// follows it).
+    pub revision_tx: tokio::sync::watch::Sender<i64>,
+    pub lessor: Arc<Lessor>,
 }
 
 impl std::fmt::Debug for Apply {
@@ -60,6 +69,8 @@ impl StateMachine for Apply {
         let mut tx = self.store.write().map_err(fatal)?;
         let mut outs = Vec::with_capacity(entries.len());
         let mut compacted = false;
+        let mut granted = Vec::new();
+        let mut revoked = Vec::new();
         for e in entries {
             let req = InternalRequest::decode(e.data)
                 .map_err(|err| format!("entry {} is not a request: {err}", e.index))?;
@@ -77,6 +88,30 @@ impl StateMachine for Apply {
                     compacted |= r.is_ok();
                     r
                 }
+                Some(Request::LeaseGrant(g)) => tx.lease_grant(g.id, g.ttl).map(|()| {
+                    granted.push((g.id, g.ttl));
+                    WriteResult::LeaseGrant {
+                        revision: tx.revision(),
+                    }
+                }),
+                Some(Request::LeaseRevoke(r)) => tx.lease_revoke(r.id).map(|d| {
+                    revoked.push(r.id);
+                    WriteResult::DeleteRange(d)
+                }),
+                Some(Request::LeaseCheckpoint(c)) => {
+                    let mut r = Ok(WriteResult::LeaseCheckpoint);
+                    for cp in &c.checkpoints {
+                        match tx.lease_checkpoint(cp.id, cp.remaining_ttl) {
+                            // Revoked since the checkpoint was taken.
+                            Ok(()) | Err(mvcc::Error::LeaseNotFound) => {}
+                            Err(e) => {
+                                r = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    r
+                }
                 None => return Err(format!("entry {} holds an empty request", e.index)),
             };
             match out {
@@ -86,7 +121,14 @@ impl StateMachine for Apply {
             }
         }
         tx.set_marker(&applied.encode()).map_err(fatal)?;
-        tx.commit().map_err(fatal)?;
+        let rev = tx.commit().map_err(fatal)?;
+        self.revision_tx.send_replace(rev);
+        for (id, ttl) in granted {
+            self.lessor.granted(id, ttl);
+        }
+        for id in revoked {
+            self.lessor.revoked(id);
+        }
         if compacted {
             self.compactor.kick();
         }

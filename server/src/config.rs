@@ -124,7 +124,7 @@ const FLAGS: &[Flag] = &[
         "experimental-watch-progress-notify-interval",
         Dur,
         "10m",
-        Ignored,
+        Yes,
     ),
     f(
         "experimental-enable-lease-checkpoint",
@@ -160,6 +160,7 @@ pub struct Config {
     pub election_ticks: usize,
     pub auto_compaction: AutoCompaction,
     pub log_level: tracing::Level,
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -376,6 +377,11 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
             &v["auto-compaction-retention"],
         )?,
         log_level,
+        watch_progress_notify_interval: parse_go_duration(
+            &v["experimental-watch-progress-notify-interval"],
+        )
+        .filter(|d| !d.is_zero())
+        .ok_or("--experimental-watch-progress-notify-interval must be a positive duration")?,
     })
 }
 

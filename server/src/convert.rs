@@ -158,10 +158,11 @@ pub fn delete_out(
     }
 }
 
-/// A txn response; nested responses carry headers with only the revision, as etcd's do.
+/// A txn response. As in etcd, each nested range, put and delete response carries a
+/// header with only the revision as of that op (a delete that finds nothing before any
+/// write reports the revision the txn started at), and a nested txn's header is empty.
 pub fn txn_out(r: mvcc::TxnResponse, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
     use pb::response_op::Response;
-    let rev = r.revision;
     let responses = r
         .responses
         .into_iter()
@@ -171,11 +172,17 @@ pub fn txn_out(r: mvcc::TxnResponse, header: Option<pb::ResponseHeader>) -> pb::
                     let h = rev_header(x.revision);
                     Response::ResponseRange(range_out(x, h))
                 }
-                mvcc::ResponseOp::Put(x) => Response::ResponsePut(put_out(x, rev_header(rev))),
-                mvcc::ResponseOp::DeleteRange(x) => {
-                    Response::ResponseDeleteRange(delete_out(x, rev_header(rev)))
+                mvcc::ResponseOp::Put(x) => {
+                    let h = rev_header(x.revision);
+                    Response::ResponsePut(put_out(x, h))
                 }
-                mvcc::ResponseOp::Txn(x) => Response::ResponseTxn(txn_out(x, rev_header(rev))),
+                mvcc::ResponseOp::DeleteRange(x) => {
+                    let h = rev_header(x.revision);
+                    Response::ResponseDeleteRange(delete_out(x, h))
+                }
+                mvcc::ResponseOp::Txn(x) => {
+                    Response::ResponseTxn(txn_out(x, Some(pb::ResponseHeader::default())))
+                }
             }),
         })
         .collect();

@@ -54,7 +54,8 @@ impl Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let r = request.into_inner();
-        self.etch.check_quota(PUT_OVERHEAD_BYTES + r.key.len() + r.value.len())?;
+        self.etch
+            .check_quota(PUT_OVERHEAD_BYTES + r.key.len() + r.value.len())?;
         validate::put(&r)?;
         match self.write(internal_request::Request::Put(r)).await? {
             WriteResult::Put(p) => {

@@ -10,9 +10,11 @@ mod convert;
 mod errors;
 mod ids;
 mod kv;
+mod lease;
 mod pb;
 mod server;
 mod validate;
+mod watch;
 
 use std::path::Path;
 use std::process::ExitCode;

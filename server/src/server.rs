@@ -13,11 +13,15 @@ use etch_raft::{Applied, NoPeers, Node};
 
 use crate::apply::{Apply, Compactor, Output, WriteResult};
 use crate::config::Config;
-use crate::errors::EtcdError;
+use crate::errors::{EtcdError, GrpcGoStatus};
 use crate::ids;
 use crate::kv::KvService;
+use crate::lease::{LeaseService, Lessor};
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::watch::{WatchHub, WatchService};
 
 /// Meta tree of cluster identity (local, not replicated).
 const CLUSTER_TREE: &[u8] = b"etch.cluster";
@@ -34,6 +38,8 @@ pub struct Etch {
     pub store: Arc<Store>,
     pub node: Node<Output>,
     pub compactor: Arc<Compactor>,
+    pub watch_hub: Arc<WatchHub>,
+    pub lessor: Arc<Lessor>,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -217,6 +223,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let applied = Applied::decode(&store.marker().map_err(|e| e.to_string())?)
         .map_err(|e| format!("{}: {e}", db_path.display()))?;
     let (compactor, compactor_thread) = Compactor::start(store.clone());
+    let (revision_tx, revision_rx) = tokio::sync::watch::channel(store.current_revision());
+    let watch_hub = WatchHub::start(store.clone(), revision_rx);
+    let election = cfg.heartbeat * cfg.election_ticks as u32;
+    let lessor = Lessor::load(
+        &store,
+        crate::lease::min_ttl(cfg.heartbeat, cfg.election_ticks),
+        election,
+    )?;
     let mut rcfg = etch_raft::Config::new(member_id, &cfg.wal_dir);
     rcfg.tick = cfg.heartbeat;
     rcfg.election_ticks = cfg.election_ticks;
@@ -226,6 +240,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         Apply {
             store: store.clone(),
             compactor: compactor.clone(),
+            revision_tx,
+            lessor: lessor.clone(),
         },
         NoPeers,
     )
@@ -245,11 +261,17 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         store: store.clone(),
         node,
         compactor: compactor.clone(),
+        watch_hub,
+        lessor,
         member_id,
         cluster_id,
     });
     let checkpointer = Checkpointer::start(etch.clone());
     let autocompactor = crate::autocompact::spawn(etch.clone());
+    let lease_tasks = [
+        crate::lease::spawn_expiry(etch.clone()),
+        crate::lease::spawn_checkpoints(etch.clone()),
+    ];
 
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -259,15 +281,26 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "serving client requests");
-        let kv = KvServer::new(KvService { etch: etch.clone() })
-            .max_decoding_message_size(max_msg)
-            .max_encoding_message_size(usize::MAX);
+        let kv = GrpcGoStatus(
+            KvServer::new(KvService { etch: etch.clone() })
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        );
         let mut stop_rx = stop_tx.subscribe();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         servers.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(kv)
+                .add_service(
+                    LeaseServer::new(LeaseService { etch: etch.clone() })
+                        .max_decoding_message_size(max_msg),
+                )
+                .add_service(
+                    WatchServer::new(WatchService { etch: etch.clone() })
+                        .max_decoding_message_size(max_msg)
+                        .max_encoding_message_size(usize::MAX),
+                )
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop_rx.recv().await;
                 }),
@@ -283,6 +316,13 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let _ = stop_tx.send(());
     if let Some(a) = autocompactor {
         a.abort();
+    }
+    for t in lease_tasks {
+        t.abort();
+    }
+    // Remaining TTLs survive the restart.
+    if etch.node.status().is_leader {
+        crate::lease::checkpoint(&etch).await;
     }
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
