@@ -12,6 +12,8 @@ use prost::Message as _;
 use crate::convert;
 use crate::errors::EtcdError;
 use crate::lease::Lessor;
+use crate::maintenance::{ALARM_TREE, Alarms, alarm_key};
+use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etchpb::{InternalRequest, internal_request::Request};
 
 /// What applying one write produced.
@@ -29,6 +31,8 @@ pub enum WriteResult {
         revision: i64,
     },
     LeaseCheckpoint,
+    /// Alarms changed by an ACTIVATE or DEACTIVATE.
+    Alarm(Vec<(u64, i32)>),
 }
 
 pub type Output = Result<WriteResult, EtcdError>;
@@ -41,6 +45,7 @@ pub struct Apply {
     /// follows it).
     pub revision_tx: tokio::sync::watch::Sender<i64>,
     pub lessor: Arc<Lessor>,
+    pub alarms: Arc<Alarms>,
 }
 
 impl std::fmt::Debug for Apply {
@@ -71,6 +76,7 @@ impl StateMachine for Apply {
         let mut compacted = false;
         let mut granted = Vec::new();
         let mut revoked = Vec::new();
+        let mut alarms = Vec::new();
         for e in entries {
             let req = InternalRequest::decode(e.data)
                 .map_err(|err| format!("entry {} is not a request: {err}", e.index))?;
@@ -112,6 +118,26 @@ impl StateMachine for Apply {
                     }
                     r
                 }
+                Some(Request::Alarm(a)) => {
+                    let key = alarm_key(a.member_id, a.alarm);
+                    match AlarmAction::try_from(a.action) {
+                        Ok(AlarmAction::Activate) => tx.meta_put(ALARM_TREE, &key, &[]).map(|()| {
+                            alarms.push((a.member_id, a.alarm, true));
+                            WriteResult::Alarm(vec![(a.member_id, a.alarm)])
+                        }),
+                        Ok(AlarmAction::Deactivate) => {
+                            tx.meta_delete(ALARM_TREE, &key).map(|existed| {
+                                alarms.push((a.member_id, a.alarm, false));
+                                WriteResult::Alarm(if existed {
+                                    vec![(a.member_id, a.alarm)]
+                                } else {
+                                    Vec::new()
+                                })
+                            })
+                        }
+                        _ => Ok(WriteResult::Alarm(Vec::new())),
+                    }
+                }
                 None => return Err(format!("entry {} holds an empty request", e.index)),
             };
             match out {
@@ -128,6 +154,9 @@ impl StateMachine for Apply {
         }
         for id in revoked {
             self.lessor.revoked(id);
+        }
+        for (m, a, on) in alarms {
+            self.alarms.set(m, a, on);
         }
         if compacted {
             self.compactor.kick();

@@ -52,6 +52,36 @@ pub enum EtcdError {
     Timeout,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
     /// A fault inside etch (storage failed): the text says what.
     #[error("{0}")]
     Internal(String),
@@ -71,6 +101,18 @@ impl EtcdError {
             TooManyRequests => Code::Unknown,
             NoLeader | Stopped | Timeout => Code::Unavailable,
             Corrupt => Code::DataLoss,
+            WrongDowngradeVersionFormat
+            | InvalidDowngradeTargetVersion
+            | MemberBadUrls
+            | UserEmpty
+            | RoleEmpty => Code::InvalidArgument,
+            BadLeaderTransferee | NoInflightDowngrade | PeerUrlExist | MemberNotLearner
+            | RootUserNotExist | UserNotFound | RoleNotFound | AuthNotEnabled => {
+                Code::FailedPrecondition
+            }
+            MemberNotFound => Code::NotFound,
+            // Like TooManyRequests, etcd sends this one as a plain error.
+            NotEnoughStartedMembers => Code::Unknown,
             Internal(_) => Code::Internal,
         }
     }

@@ -4,13 +4,16 @@
 //! `etch check PATH` verifies a data file (or a data dir's data file).
 
 mod apply;
+mod auth;
 mod autocompact;
+mod cluster;
 mod config;
 mod convert;
 mod errors;
 mod ids;
 mod kv;
 mod lease;
+mod maintenance;
 mod pb;
 mod server;
 mod validate;
@@ -26,6 +29,9 @@ pub const ETCD_VERSION: &str = "3.6.0";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("snapshot") {
+        return snapshot_command(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("check") {
         return match args.as_slice() {
             [_, path] => check(Path::new(path)),
@@ -76,6 +82,47 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("etch: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `etch snapshot restore SNAPSHOT_FILE --data-dir DIR`
+fn snapshot_command(args: &[String]) -> ExitCode {
+    const USAGE: &str = "usage: etch snapshot restore SNAPSHOT_FILE --data-dir DIR";
+    let mut file = None;
+    let mut dir = None;
+    let mut it = args.iter();
+    if it.next().map(String::as_str) != Some("restore") {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    while let Some(a) = it.next() {
+        if let Some(v) = a
+            .strip_prefix("--data-dir=")
+            .or_else(|| a.strip_prefix("-data-dir="))
+        {
+            dir = Some(v.to_string());
+        } else if a == "--data-dir" || a == "-data-dir" {
+            dir = it.next().cloned();
+        } else if file.is_none() && !a.starts_with('-') {
+            file = Some(a.clone());
+        } else {
+            eprintln!("etch snapshot restore: unexpected argument {a:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let (Some(file), Some(dir)) = (file, dir) else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    match maintenance::restore(Path::new(&file), Path::new(&dir)) {
+        Ok(()) => {
+            println!("restored snapshot {file} into {dir}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("etch snapshot restore: {e}");
             ExitCode::from(1)
         }
     }

@@ -12,19 +12,25 @@ use etch_engine::mvcc::Store;
 use etch_raft::{Applied, NoPeers, Node};
 
 use crate::apply::{Apply, Compactor, Output, WriteResult};
+use crate::auth::AuthService;
+use crate::cluster::ClusterService;
 use crate::config::Config;
 use crate::errors::{EtcdError, GrpcGoStatus};
 use crate::ids;
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
+use crate::maintenance::{Alarms, MaintenanceService};
 use crate::pb::etcdserverpb::ResponseHeader;
+use crate::pb::etcdserverpb::auth_server::AuthServer;
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::watch::{WatchHub, WatchService};
 
 /// Meta tree of cluster identity (local, not replicated).
-const CLUSTER_TREE: &[u8] = b"etch.cluster";
+pub const CLUSTER_TREE: &[u8] = b"etch.cluster";
 /// Committed entries may run this far ahead of applied ones before writes are refused
 /// (etcd's limit).
 const APPLY_LAG_MAX: u64 = 5000;
@@ -40,6 +46,9 @@ pub struct Etch {
     pub compactor: Arc<Compactor>,
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
+    pub alarms: Arc<Alarms>,
+    /// Pages on the free list, counted in the background.
+    pub free_pages: std::sync::atomic::AtomicU64,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -63,6 +72,25 @@ impl Etch {
         }
     }
 
+    /// Bytes of the data file in use: below the high-water mark and not on the free list
+    /// (as of the last background count, at most about a second old).
+    pub fn size_in_use(&self) -> u64 {
+        let st = self.store.db().stats();
+        let free = self.free_pages.load(Ordering::Relaxed);
+        st.high_water_pages.saturating_sub(free) * st.page_size as u64
+    }
+
+    fn refresh_free_pages(&self) -> Result<(), String> {
+        let n = self
+            .store
+            .db()
+            .begin_read()
+            .and_then(|r| r.free_pages())
+            .map_err(|e| e.to_string())?;
+        self.free_pages.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// etcd's request timeout: 5 s plus two election timeouts.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + 2 * self.cfg.heartbeat * self.cfg.election_ticks as u32
@@ -70,13 +98,29 @@ impl Etch {
 
     /// etcd's space quota: a write that would take the data file past
     /// `--quota-backend-bytes` is refused (deletes and compactions are always accepted).
-    pub fn check_quota(&self, cost: usize) -> Result<(), EtcdError> {
+    pub fn check_quota(self: &Arc<Self>, cost: usize) -> Result<(), EtcdError> {
         if cost == 0 {
             return Ok(());
         }
-        let st = self.store.db().stats();
-        let size = st.high_water_pages * st.page_size as u64;
+        if self.alarms.has(crate::pb::etcdserverpb::AlarmType::Nospace) {
+            return Err(EtcdError::NoSpace);
+        }
+        // Free pages are reused in place, so what counts is the space in use.
+        let size = self.size_in_use();
         if size + cost as u64 >= self.cfg.quota_backend_bytes {
+            // Raise NOSPACE, as etcd does: from now on only reads, deletes and
+            // compactions are accepted until an operator deactivates it.
+            let etch = self.clone();
+            tokio::spawn(async move {
+                let req = crate::pb::etcdserverpb::AlarmRequest {
+                    action: crate::pb::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+                    member_id: etch.member_id,
+                    alarm: crate::pb::etcdserverpb::AlarmType::Nospace as i32,
+                };
+                if let Err(e) = crate::maintenance::propose_alarm(&etch, req).await {
+                    tracing::warn!("raising the NOSPACE alarm: {e}");
+                }
+            });
             return Err(EtcdError::NoSpace);
         }
         Ok(())
@@ -184,6 +228,11 @@ impl Checkpointer {
                 while !s.load(Ordering::Acquire) {
                     std::thread::sleep(step);
                     waited += step;
+                    if waited.as_millis() % 1000 == 0
+                        && let Err(e) = etch.refresh_free_pages()
+                    {
+                        tracing::warn!("counting free pages: {e}");
+                    }
                     if waited < CHECKPOINT_INTERVAL {
                         continue;
                     }
@@ -231,6 +280,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         crate::lease::min_ttl(cfg.heartbeat, cfg.election_ticks),
         election,
     )?;
+    let alarms = Alarms::load(&store)?;
     let mut rcfg = etch_raft::Config::new(member_id, &cfg.wal_dir);
     rcfg.tick = cfg.heartbeat;
     rcfg.election_ticks = cfg.election_ticks;
@@ -242,6 +292,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             compactor: compactor.clone(),
             revision_tx,
             lessor: lessor.clone(),
+            alarms: alarms.clone(),
         },
         NoPeers,
     )
@@ -263,9 +314,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         compactor: compactor.clone(),
         watch_hub,
         lessor,
+        alarms,
+        free_pages: std::sync::atomic::AtomicU64::new(0),
         member_id,
         cluster_id,
     });
+    etch.refresh_free_pages()?;
     let checkpointer = Checkpointer::start(etch.clone());
     let autocompactor = crate::autocompact::spawn(etch.clone());
     let lease_tasks = [
@@ -292,6 +346,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         servers.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(kv)
+                .add_service(MaintenanceServer::new(MaintenanceService {
+                    etch: etch.clone(),
+                }))
+                .add_service(ClusterServer::new(ClusterService { etch: etch.clone() }))
+                .add_service(AuthServer::new(AuthService { etch: etch.clone() }))
                 .add_service(
                     LeaseServer::new(LeaseService { etch: etch.clone() })
                         .max_decoding_message_size(max_msg),

@@ -495,6 +495,25 @@ impl ReadTxn {
         }
     }
 
+    /// Pages on the free list of this version (free now or once older readers finish).
+    /// Reads the free tree: its size, not the data's.
+    pub fn free_pages(&self) -> Result<u64> {
+        if self.view.meta.free_root == 0 {
+            return Ok(0);
+        }
+        let free = Tree {
+            src: &self.view,
+            root: self.view.meta.free_root,
+            len: 0,
+        };
+        let mut n = 0u64;
+        for e in free.iter() {
+            let (_, v) = e?;
+            n += (v.len() / 8) as u64;
+        }
+        Ok(n)
+    }
+
     /// Names of all trees.
     pub fn tree_names(&self) -> Result<Vec<Vec<u8>>> {
         let t = Tree {

@@ -457,8 +457,26 @@ impl Snapshot {
         }
     }
 
+    /// Every entry of a small meta tree, in key order.
+    pub fn meta_entries(&self, tree: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let Some(t) = self.tree(tree)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in t.iter() {
+            let (k, v) = e?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn marker(&self) -> &[u8] {
         self.txn.marker()
+    }
+
+    /// The B+tree version this snapshot reads (for copying the whole file).
+    pub fn btree(&self) -> &ReadTxn {
+        &self.txn
     }
 }
 

@@ -1,0 +1,436 @@
+//! etcdserverpb.Maintenance: Status, Alarm, Defragment, Hash, HashKV, Snapshot,
+//! MoveLeader, Downgrade; and the alarms (NOSPACE) that gate writes.
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use etch_engine::btree::{self, Db};
+use etch_engine::mvcc::{Snapshot, Store};
+use prost::Message as _;
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::apply::WriteResult;
+use crate::errors::EtcdError;
+use crate::pb::etcdserverpb as pb;
+use crate::pb::etcdserverpb::maintenance_server::Maintenance;
+use crate::pb::etchpb::{InternalRequest, internal_request};
+use crate::server::Etch;
+
+/// Meta tree of raised alarms: key = member id (u64 BE) ‖ alarm type (i32 BE).
+pub const ALARM_TREE: &[u8] = b"etch.alarms";
+/// Bytes per snapshot chunk.
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
+/// Entries copied per write transaction when copying the data file.
+const COPY_BATCH: usize = 8192;
+
+/// Raised alarms, mirrored in memory from the store.
+#[derive(Debug, Default)]
+pub struct Alarms {
+    set: Mutex<BTreeSet<(u64, i32)>>,
+}
+
+pub fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
+    let mut k = member.to_be_bytes().to_vec();
+    k.extend_from_slice(&alarm.to_be_bytes());
+    k
+}
+
+impl Alarms {
+    pub fn load(store: &Store) -> Result<Arc<Alarms>, String> {
+        let snap = store.read().map_err(|e| e.to_string())?;
+        let mut set = BTreeSet::new();
+        for (k, _) in snap.meta_entries(ALARM_TREE).map_err(|e| e.to_string())? {
+            if k.len() != 12 {
+                return Err("corrupt alarm record in the data file".into());
+            }
+            let m = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            let a = i32::from_be_bytes(k[8..].try_into().expect("4 bytes"));
+            set.insert((m, a));
+        }
+        Ok(Arc::new(Alarms {
+            set: Mutex::new(set),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<(u64, i32)>> {
+        self.set.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn list(&self) -> Vec<(u64, i32)> {
+        self.lock().iter().copied().collect()
+    }
+
+    pub fn has(&self, alarm: pb::AlarmType) -> bool {
+        self.lock().iter().any(|(_, a)| *a == alarm as i32)
+    }
+
+    pub fn set(&self, member: u64, alarm: i32, on: bool) {
+        let mut s = self.lock();
+        if on {
+            s.insert((member, alarm));
+        } else {
+            s.remove(&(member, alarm));
+        }
+    }
+}
+
+fn alarm_name(a: i32) -> &'static str {
+    match pb::AlarmType::try_from(a) {
+        Ok(pb::AlarmType::Nospace) => "NOSPACE",
+        Ok(pb::AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
+    }
+}
+
+/// Proposes an alarm change.
+pub async fn propose_alarm(
+    etch: &Etch,
+    req: pb::AlarmRequest,
+) -> Result<Vec<(u64, i32)>, EtcdError> {
+    let bytes = InternalRequest {
+        request: Some(internal_request::Request::Alarm(req)),
+    }
+    .encode_to_vec();
+    match etch.propose(bytes).await? {
+        WriteResult::Alarm(v) => Ok(v),
+        other => Err(EtcdError::Internal(format!(
+            "etch: mismatched apply result {other:?}"
+        ))),
+    }
+}
+
+/// Copies the version `snap` reads into a new data file at `dest`: a consistent copy
+/// taken while writes go on.
+pub fn copy_data_file(snap: &Snapshot, dest: &Path) -> Result<(), String> {
+    let src = snap.btree();
+    let db = Db::open(dest, btree::Options::default()).map_err(|e| e.to_string())?;
+    for name in src.tree_names().map_err(|e| e.to_string())? {
+        let tree = src
+            .tree(&name)
+            .map_err(|e| e.to_string())?
+            .ok_or("a tree vanished from a pinned version")?;
+        let mut it = tree.iter();
+        loop {
+            let mut w = db.begin_write().map_err(|e| e.to_string())?;
+            let t = w.open_tree(&name).map_err(|e| e.to_string())?;
+            let mut n = 0;
+            let mut done = true;
+            for e in it.by_ref() {
+                let (k, v) = e.map_err(|e| e.to_string())?;
+                w.put(t, k, v).map_err(|e| e.to_string())?;
+                n += 1;
+                if n >= COPY_BATCH {
+                    done = false;
+                    break;
+                }
+            }
+            w.commit().map_err(|e| e.to_string())?;
+            if done {
+                break;
+            }
+        }
+    }
+    let mut w = db.begin_write().map_err(|e| e.to_string())?;
+    w.set_marker(src.marker()).map_err(|e| e.to_string())?;
+    w.commit().map_err(|e| e.to_string())?;
+    db.close().map_err(|e| e.to_string())
+}
+
+/// crc32 over every tree's name, keys and values at one version (etcd's Hash covers its
+/// whole backend the same way).
+fn hash_all(snap: &Snapshot) -> Result<u32, String> {
+    let src = snap.btree();
+    let mut h = crc32fast::Hasher::new();
+    for name in src.tree_names().map_err(|e| e.to_string())? {
+        h.update(&name);
+        if let Some(t) = src.tree(&name).map_err(|e| e.to_string())? {
+            for e in t.iter() {
+                let (k, v) = e.map_err(|e| e.to_string())?;
+                h.update(k);
+                h.update(v);
+            }
+        }
+    }
+    Ok(h.finalize())
+}
+
+#[derive(Debug, Clone)]
+pub struct MaintenanceService {
+    pub etch: Arc<Etch>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    EtcdError::Internal(format!("etch: {e}")).into()
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let r = request.into_inner();
+        let alarms = match pb::alarm_request::AlarmAction::try_from(r.action) {
+            Ok(pb::alarm_request::AlarmAction::Get) => {
+                let all = self.etch.alarms.list();
+                if r.alarm == pb::AlarmType::None as i32 {
+                    all
+                } else {
+                    all.into_iter().filter(|(_, a)| *a == r.alarm).collect()
+                }
+            }
+            Ok(_) => propose_alarm(&self.etch, r).await?,
+            Err(_) => Vec::new(),
+        };
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.etch.header(self.etch.store.current_revision())),
+            alarms: alarms
+                .into_iter()
+                .map(|(m, a)| pb::AlarmMember {
+                    member_id: m,
+                    alarm: a,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let etch = &self.etch;
+        let st = etch.node.status();
+        let stats = etch.store.db().stats();
+        let db_size = stats.high_water_pages * stats.page_size as u64;
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(etch.header(etch.store.current_revision())),
+            version: crate::ETCD_VERSION.to_string(),
+            db_size: db_size as i64,
+            leader: st.leader,
+            raft_index: st.commit,
+            raft_term: st.term,
+            raft_applied_index: *etch.node.applied().borrow(),
+            errors: etch
+                .alarms
+                .list()
+                .into_iter()
+                .map(|(m, a)| format!("memberID:{m} alarm:{} ", alarm_name(a)))
+                .collect(),
+            db_size_in_use: etch.size_in_use() as i64,
+            is_learner: false,
+            storage_version: crate::ETCD_VERSION.to_string(),
+            db_size_quota: etch.cfg.quota_backend_bytes as i64,
+            downgrade_info: Some(pb::DowngradeInfo::default()),
+        }))
+    }
+
+    /// Freed pages are reused in place, so the file never needs rewriting: there is
+    /// nothing to do, and nothing stops.
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.etch.header(self.etch.store.current_revision())),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let store = self.etch.store.clone();
+        let (rev, hash) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let snap = store.read().map_err(|e| e.to_string())?;
+            Ok((snap.revision(), hash_all(&snap)?))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.etch.header(rev)),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let r = request.into_inner();
+        let store = self.etch.store.clone();
+        let (cur, h) = tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
+            let snap = store.read()?;
+            Ok((snap.revision(), snap.hash_kv(r.revision)?))
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.etch.header(cur)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.hash_revision,
+        }))
+    }
+
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
+
+    /// A consistent copy of the data file, then the SHA-256 of everything sent before it
+    /// as the last 32 bytes (what `etch snapshot restore` checks).
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let etch = self.etch.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let r = stream_snapshot(&etch, &tx);
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(internal(e)));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let r = request.into_inner();
+        if r.target_id != self.etch.member_id {
+            return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        // Already the leader: nothing to move.
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.etch.header(self.etch.store.current_revision())),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        request: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        use pb::downgrade_request::DowngradeAction as A;
+        let r = request.into_inner();
+        let action = A::try_from(r.action).unwrap_or(A::Validate);
+        if action == A::Cancel {
+            return Err(EtcdError::NoInflightDowngrade.into());
+        }
+        let mut parts = r.version.split('.');
+        let (Some(major), Some(minor)) = (
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+        ) else {
+            return Err(EtcdError::WrongDowngradeVersionFormat.into());
+        };
+        // Only one minor version down is a valid target (3.6 → 3.5).
+        if (major, minor) != (3, 5) {
+            return Err(EtcdError::InvalidDowngradeTargetVersion.into());
+        }
+        if action == A::Enable {
+            return Err(Status::unimplemented(
+                "etch: downgrading the storage format is not supported",
+            ));
+        }
+        Ok(Response::new(pb::DowngradeResponse {
+            header: Some(self.etch.header(self.etch.store.current_revision())),
+            version: "3.6".to_string(),
+        }))
+    }
+}
+
+fn stream_snapshot(
+    etch: &Etch,
+    tx: &mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("snapshot")
+        .tempdir_in(etch.cfg.data_dir.join("member"))
+        .map_err(|e| format!("creating a snapshot dir: {e}"))?;
+    let path = dir.path().join("etch.db");
+    let snap = etch.store.read().map_err(|e| e.to_string())?;
+    let revision = snap.revision();
+    copy_data_file(&snap, &path)?;
+    drop(snap);
+    let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let total = size + 32;
+    let mut sent = 0u64;
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    let header = Some(etch.header(revision));
+    loop {
+        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        sent += n as u64;
+        let msg = pb::SnapshotResponse {
+            header,
+            remaining_bytes: total - sent,
+            blob: buf[..n].to_vec(),
+            version: crate::ETCD_VERSION.to_string(),
+        };
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return Ok(());
+        }
+    }
+    let _ = tx.blocking_send(Ok(pb::SnapshotResponse {
+        header,
+        remaining_bytes: 0,
+        blob: sha.finalize().to_vec(),
+        version: crate::ETCD_VERSION.to_string(),
+    }));
+    Ok(())
+}
+
+/// `etch snapshot restore FILE --data-dir DIR`: checks the SHA-256 trailer and builds a
+/// new data dir whose first start forms a new cluster from its flags, with the data.
+pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), String> {
+    if data_dir.exists() {
+        return Err(format!("data-dir {:?} exists", data_dir.display()));
+    }
+    let bytes = std::fs::read(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
+    if bytes.len() < 32 {
+        return Err("snapshot file is too short".into());
+    }
+    let (data, sum) = bytes.split_at(bytes.len() - 32);
+    if sha2::Sha256::digest(data).as_slice() != sum {
+        return Err("snapshot file integrity check failed: SHA-256 mismatch".into());
+    }
+    let member = data_dir.join("member");
+    std::fs::create_dir_all(&member).map_err(|e| e.to_string())?;
+    let db_path = crate::server::db_file(data_dir);
+    std::fs::write(&db_path, data).map_err(|e| e.to_string())?;
+    let store = Store::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
+    store
+        .db()
+        .check()
+        .map_err(|e| format!("snapshot data: {e}"))?;
+    let mut tx = store.write().map_err(|e| e.to_string())?;
+    // A new cluster: no Raft history, identity from the flags of the first start.
+    tx.set_marker(&[]).map_err(|e| e.to_string())?;
+    tx.meta_delete(crate::server::CLUSTER_TREE, b"member_id")
+        .map_err(|e| e.to_string())?;
+    tx.meta_delete(crate::server::CLUSTER_TREE, b"cluster_id")
+        .map_err(|e| e.to_string())?;
+    for (k, _) in store
+        .read()
+        .map_err(|e| e.to_string())?
+        .meta_entries(ALARM_TREE)
+        .map_err(|e| e.to_string())?
+    {
+        tx.meta_delete(ALARM_TREE, &k).map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    store.checkpoint().map_err(|e| e.to_string())?;
+    let f = std::fs::File::open(&db_path).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    Ok(())
+}
