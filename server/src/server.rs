@@ -228,7 +228,7 @@ impl Checkpointer {
                 while !s.load(Ordering::Acquire) {
                     std::thread::sleep(step);
                     waited += step;
-                    if waited.as_millis() % 1000 == 0
+                    if waited.as_millis().is_multiple_of(1000)
                         && let Err(e) = etch.refresh_free_pages()
                     {
                         tracing::warn!("counting free pages: {e}");
