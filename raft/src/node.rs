@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use etch_engine::wal::WalStats;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
 use raft::{RawNode, ReadOnlyOption, StateRole};
@@ -49,6 +50,8 @@ pub struct NodeStatus {
 struct Shared {
     status: Mutex<NodeStatus>,
     fatal: Mutex<Option<String>>,
+    /// The WAL's counters as of the last Ready.
+    wal_stats: Mutex<WalStats>,
 }
 
 /// A running Raft member. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -105,6 +108,7 @@ impl<O: Send + 'static> Node<O> {
                 ..Default::default()
             }),
             fatal: Mutex::new(None),
+            wal_stats: Mutex::new(WalStats::default()),
         });
         let (inbox_tx, inbox_rx) = mpsc::channel();
         let inbox: Inbox<O> = Arc::new(Mutex::new(Some(inbox_tx)));
@@ -217,6 +221,11 @@ impl<O: Send + 'static> Node<O> {
 
     pub fn status(&self) -> NodeStatus {
         *crate_lock(&self.shared.status)
+    }
+
+    /// The WAL's counters (syncs, bytes, sync durations) as of the last Ready.
+    pub fn wal_stats(&self) -> WalStats {
+        *crate_lock(&self.shared.wal_stats)
     }
 
     /// The fatal error that stopped the node, if any.
@@ -531,6 +540,7 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
             is_leader: r.state == StateRole::Leader,
         };
         *crate_lock(&self.shared.status) = st;
+        *crate_lock(&self.shared.wal_stats) = self.raw.store().wal().stats();
         // Reads asked in an earlier term, or with no leader now, never complete (raft-rs
         // forgets them, or ignores the old term's answer); their readers retry.
         let lost: Vec<u64> = self

@@ -46,6 +46,7 @@ pub struct Apply {
     pub revision_tx: tokio::sync::watch::Sender<i64>,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Apply {
@@ -147,7 +148,9 @@ impl StateMachine for Apply {
             }
         }
         tx.set_marker(&applied.encode()).map_err(fatal)?;
+        let started = std::time::Instant::now();
         let rev = tx.commit().map_err(fatal)?;
+        self.metrics.backend_commit.observe(started.elapsed());
         self.revision_tx.send_replace(rev);
         for (id, ttl) in granted {
             self.lessor.granted(id, ttl);

@@ -20,6 +20,7 @@ use crate::ids;
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::maintenance::{Alarms, MaintenanceService};
+use crate::metrics::{Counted, Metrics};
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
@@ -47,6 +48,7 @@ pub struct Etch {
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
+    pub metrics: Arc<Metrics>,
     /// Pages on the free list, counted in the background.
     pub free_pages: std::sync::atomic::AtomicU64,
     pub member_id: u64,
@@ -136,11 +138,21 @@ impl Etch {
             return Err(EtcdError::TooManyRequests);
         }
         let rx = self.node.propose(bytes);
-        match tokio::time::timeout(self.request_timeout(), rx).await {
-            Err(_) => Err(EtcdError::Timeout),
-            Ok(Err(_)) => Err(EtcdError::Stopped),
-            Ok(Ok(Err(e))) => Err(e.into()),
+        let m = &self.metrics;
+        m.proposals_pending.fetch_add(1, Ordering::Relaxed);
+        let r = tokio::time::timeout(self.request_timeout(), rx).await;
+        m.proposals_pending.fetch_sub(1, Ordering::Relaxed);
+        match r {
             Ok(Ok(Ok(out))) => out,
+            failed => {
+                m.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                match failed {
+                    Err(_) => Err(EtcdError::Timeout),
+                    Ok(Err(_)) => Err(EtcdError::Stopped),
+                    Ok(Ok(Err(e))) => Err(e.into()),
+                    Ok(Ok(Ok(_))) => unreachable!("matched above"),
+                }
+            }
         }
     }
 
@@ -281,6 +293,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         election,
     )?;
     let alarms = Alarms::load(&store)?;
+    let metrics = Arc::new(Metrics::default());
     let mut rcfg = etch_raft::Config::new(member_id, &cfg.wal_dir);
     rcfg.tick = cfg.heartbeat;
     rcfg.election_ticks = cfg.election_ticks;
@@ -293,6 +306,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             revision_tx,
             lessor: lessor.clone(),
             alarms: alarms.clone(),
+            metrics: metrics.clone(),
         },
         NoPeers,
     )
@@ -315,6 +329,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         watch_hub,
         lessor,
         alarms,
+        metrics,
         free_pages: std::sync::atomic::AtomicU64::new(0),
         member_id,
         cluster_id,
@@ -335,31 +350,56 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "serving client requests");
-        let kv = GrpcGoStatus(
-            KvServer::new(KvService { etch: etch.clone() })
-                .max_decoding_message_size(max_msg)
-                .max_encoding_message_size(usize::MAX),
-        );
         let mut stop_rx = stop_tx.subscribe();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        servers.push(tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(kv)
-                .add_service(MaintenanceServer::new(MaintenanceService {
-                    etch: etch.clone(),
-                }))
-                .add_service(ClusterServer::new(ClusterService { etch: etch.clone() }))
-                .add_service(AuthServer::new(AuthService { etch: etch.clone() }))
-                .add_service(
-                    LeaseServer::new(LeaseService { etch: etch.clone() })
-                        .max_decoding_message_size(max_msg),
-                )
-                .add_service(
-                    WatchServer::new(WatchService { etch: etch.clone() })
+        let m = etch.metrics.clone();
+        let counted = |inner| Counted {
+            inner,
+            metrics: m.clone(),
+        };
+        let routes = tonic::service::Routes::builder()
+            .add_service(Counted {
+                inner: GrpcGoStatus(
+                    KvServer::new(KvService { etch: etch.clone() })
                         .max_decoding_message_size(max_msg)
                         .max_encoding_message_size(usize::MAX),
-                )
+                ),
+                metrics: m.clone(),
+            })
+            .add_service(counted(
+                WatchServer::new(WatchService { etch: etch.clone() })
+                    .max_decoding_message_size(max_msg)
+                    .max_encoding_message_size(usize::MAX),
+            ))
+            .add_service(Counted {
+                inner: LeaseServer::new(LeaseService { etch: etch.clone() })
+                    .max_decoding_message_size(max_msg),
+                metrics: m.clone(),
+            })
+            .add_service(Counted {
+                inner: MaintenanceServer::new(MaintenanceService { etch: etch.clone() })
+                    .max_encoding_message_size(usize::MAX),
+                metrics: m.clone(),
+            })
+            .add_service(Counted {
+                inner: ClusterServer::new(ClusterService { etch: etch.clone() }),
+                metrics: m.clone(),
+            })
+            .add_service(Counted {
+                inner: AuthServer::new(AuthService { etch: etch.clone() }),
+                metrics: m.clone(),
+            })
+            .clone()
+            .routes();
+        // etcd serves HTTP/1.1 (health, version, metrics) on the client URLs beside gRPC.
+        let router = routes
+            .into_axum_router()
+            .merge(crate::http::router(etch.clone()));
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(tonic::service::Routes::from(router))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop_rx.recv().await;
                 }),

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 pub use device::{
     Backend, DeviceFault, FaultHandle, FaultyDevice, LogDevice, SyscallDevice, open_device,
 };
-pub use writer::{AppendHandle, Wal, WalStats};
+pub use writer::{AppendHandle, SYNC_BUCKET_BOUNDS_US, SYNC_BUCKETS, Wal, WalStats};
 
 /// What a record holds. The Raft layer gives the kinds their meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

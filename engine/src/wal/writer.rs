@@ -71,7 +71,25 @@ pub struct WalStats {
     pub records: u64,
     /// Bytes written (records and repeated sticky records).
     pub bytes: u64,
+    /// Batches whose write and sync took at most `SYNC_BUCKET_BOUNDS_US[i]`
+    /// (cumulative counts, as a Prometheus histogram has them).
+    pub sync_buckets: [u64; SYNC_BUCKETS],
+    /// Total time spent writing and syncing batches.
+    pub sync_micros: u64,
 }
+
+/// Buckets of the write-and-sync duration histogram.
+pub const SYNC_BUCKETS: usize = 14;
+/// Upper bounds of the buckets in microseconds: 1 ms doubling up to 8.192 s.
+pub const SYNC_BUCKET_BOUNDS_US: [u64; SYNC_BUCKETS] = {
+    let mut b = [0u64; SYNC_BUCKETS];
+    let mut i = 0;
+    while i < SYNC_BUCKETS {
+        b[i] = 1000 << i;
+        i += 1;
+    }
+    b
+};
 
 struct Shared {
     stats: Mutex<WalStats>,
@@ -598,7 +616,9 @@ impl Writer {
                 let first_seq = self.shared.done_seq() + 1;
                 (batch, first_seq, last_seq, sticky, first_index)
             };
+            let started = std::time::Instant::now();
             let r = self.write_batch(&batch, &sticky, first_index);
+            let took_us = started.elapsed().as_micros() as u64;
             match r {
                 Err(e) => {
                     self.fail(first_seq, e);
@@ -609,6 +629,12 @@ impl Writer {
                     st.syncs += 1;
                     st.records += last_seq + 1 - first_seq;
                     st.bytes += written;
+                    st.sync_micros += took_us;
+                    for (i, bound) in SYNC_BUCKET_BOUNDS_US.iter().enumerate() {
+                        if took_us <= *bound {
+                            st.sync_buckets[i] += 1;
+                        }
+                    }
                 }
             }
             {

@@ -1,0 +1,121 @@
+//! HTTP on the client URLs, beside gRPC: /health, /livez, /readyz, /version and /metrics
+//! with etcd's paths, bodies and status codes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::pb::etcdserverpb::AlarmType;
+use crate::server::Etch;
+
+/// How long a health probe waits for its read.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn router(etch: Arc<Etch>) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics))
+        .with_state(etch)
+}
+
+fn json(code: StatusCode, body: String) -> axum::response::Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Empty when healthy, else etcd's reason.
+async fn probe(etch: &Etch, serializable: bool, exclude: &[String]) -> Option<String> {
+    if etch.node.status().leader == 0 {
+        return Some("RAFT NO LEADER".into());
+    }
+    for (_, a) in etch.alarms.list() {
+        let name = match AlarmType::try_from(a) {
+            Ok(AlarmType::Nospace) => "NOSPACE",
+            Ok(AlarmType::Corrupt) => "CORRUPT",
+            _ => continue,
+        };
+        if !exclude.iter().any(|e| e == name) {
+            return Some(format!("ALARM {name}"));
+        }
+    }
+    if !serializable {
+        match tokio::time::timeout(PROBE_TIMEOUT, etch.linearizable_barrier()).await {
+            Err(_) => return Some("QGET ERROR:context deadline exceeded".into()),
+            Ok(Err(e)) => return Some(format!("QGET ERROR:{e}")),
+            Ok(Ok(())) => {}
+        }
+    }
+    None
+}
+
+async fn health(
+    State(etch): State<Arc<Etch>>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> axum::response::Response {
+    let serializable = q.iter().any(|(k, v)| k == "serializable" && v == "true");
+    let exclude: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "exclude")
+        .map(|(_, v)| v.clone())
+        .collect();
+    match probe(&etch, serializable, &exclude).await {
+        None => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
+        Some(why) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"health":"false","reason":"{why}"}}"#),
+        ),
+    }
+}
+
+async fn livez() -> &'static str {
+    "ok"
+}
+
+async fn readyz(
+    State(etch): State<Arc<Etch>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    let exclude = vec!["NOSPACE".to_string()];
+    let bad = probe(&etch, false, &exclude).await;
+    let verbose = q.contains_key("verbose");
+    match (bad, verbose) {
+        (None, false) => (StatusCode::OK, "ok").into_response(),
+        (None, true) => (
+            StatusCode::OK,
+            "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n",
+        )
+            .into_response(),
+        (Some(why), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]linearizable_read failed: {why}\nfailed\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn version() -> axum::response::Response {
+    let v = crate::ETCD_VERSION;
+    json(
+        StatusCode::OK,
+        format!(r#"{{"etcdserver":"{v}","etcdcluster":"{v}","storage":"{v}"}}"#),
+    )
+}
+
+async fn metrics(State(etch): State<Arc<Etch>>) -> axum::response::Response {
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&etch)).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
