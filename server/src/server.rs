@@ -373,21 +373,32 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                     .max_encoding_message_size(usize::MAX),
             ))
             .add_service(Counted {
-                inner: LeaseServer::new(LeaseService { etch: etch.clone() })
-                    .max_decoding_message_size(max_msg),
+                inner: GrpcGoStatus(
+                    LeaseServer::new(LeaseService { etch: etch.clone() })
+                        .max_decoding_message_size(max_msg),
+                ),
                 metrics: m.clone(),
             })
             .add_service(Counted {
-                inner: MaintenanceServer::new(MaintenanceService { etch: etch.clone() })
-                    .max_encoding_message_size(usize::MAX),
+                inner: GrpcGoStatus(
+                    MaintenanceServer::new(MaintenanceService { etch: etch.clone() })
+                        .max_decoding_message_size(max_msg)
+                        .max_encoding_message_size(usize::MAX),
+                ),
                 metrics: m.clone(),
             })
             .add_service(Counted {
-                inner: ClusterServer::new(ClusterService { etch: etch.clone() }),
+                inner: GrpcGoStatus(
+                    ClusterServer::new(ClusterService { etch: etch.clone() })
+                        .max_decoding_message_size(max_msg),
+                ),
                 metrics: m.clone(),
             })
             .add_service(Counted {
-                inner: AuthServer::new(AuthService { etch: etch.clone() }),
+                inner: GrpcGoStatus(
+                    AuthServer::new(AuthService { etch: etch.clone() })
+                        .max_decoding_message_size(max_msg),
+                ),
                 metrics: m.clone(),
             })
             .clone()

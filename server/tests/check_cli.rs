@@ -46,7 +46,14 @@ fn check_reports_a_healthy_file_and_names_a_corrupt_page() {
 
 #[test]
 fn bad_arguments_exit_nonzero_with_usage() {
+    // Unknown server flags are refused as etcd refuses them: exit 1 and the flag named.
     let out = etch().arg("--no-such-flag").output().expect("run etch");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("flag provided but not defined: -no-such-flag")
+    );
+    let out = etch().arg("check").output().expect("run etch");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: etch check"));
     let out = etch()

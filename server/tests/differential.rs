@@ -110,14 +110,18 @@ fn mask_number(s: &str, field: &str) -> String {
 
 fn normalise(stdout: &str, stderr: &str, code: Option<i32>) -> String {
     let mut s = stdout.to_string();
-    for f in ["cluster_id", "member_id", "raft_term", "ClusterID", "MemberID", "RaftTerm"] {
+    for f in [
+        "cluster_id",
+        "member_id",
+        "raft_term",
+        "ClusterID",
+        "MemberID",
+        "RaftTerm",
+    ] {
         s = mask_number(&s, f);
     }
     // etcdctl's own client logs carry timestamps and pointers; its verdict line does not.
-    let errs: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with('{'))
-        .collect();
+    let errs: Vec<&str> = stderr.lines().filter(|l| !l.starts_with('{')).collect();
     format!("exit {code:?}\n{s}{}", errs.join("\n"))
 }
 
@@ -199,7 +203,10 @@ fn parser_and_normaliser() {
     assert_eq!(split_args("put 'a b' c"), vec!["put", "a b", "c"]);
     assert_eq!(split_args("put k ''"), vec!["put", "k", ""]);
     assert_eq!(
-        mask_number(r#"{"cluster_id":123,"revision":5,"raft_term":2}"#, "cluster_id"),
+        mask_number(
+            r#"{"cluster_id":123,"revision":5,"raft_term":2}"#,
+            "cluster_id"
+        ),
         r#"{"cluster_id":N,"revision":5,"raft_term":2}"#
     );
     let steps = parse("# c\n$ txn <<EOF\na\n\nb\nEOF\n$ get x\n");
