@@ -194,24 +194,26 @@ async fn propose(etch: &Etch, req: internal_request::Request) -> Result<WriteRes
 pub fn spawn_expiry(etch: Arc<Etch>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            if !etch.node.status().is_leader {
+                // Only the leader revokes; a follower (or a member still electing) waits.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             let (expired, next) = etch.lessor.take_expired();
-            let leading = etch.node.status().is_leader;
-            if leading {
-                for id in expired {
-                    let etch = etch.clone();
-                    tokio::spawn(async move {
-                        let r = propose(
-                            &etch,
-                            internal_request::Request::LeaseRevoke(pb::LeaseRevokeRequest { id }),
-                        )
-                        .await;
-                        match r {
-                            Ok(_) => tracing::debug!(lease = id, "lease expired and revoked"),
-                            Err(EtcdError::LeaseNotFound) => etch.lessor.revoked(id),
-                            Err(e) => tracing::warn!(lease = id, "revoking an expired lease: {e}"),
-                        }
-                    });
-                }
+            for id in expired {
+                let etch = etch.clone();
+                tokio::spawn(async move {
+                    let r = propose(
+                        &etch,
+                        internal_request::Request::LeaseRevoke(pb::LeaseRevokeRequest { id }),
+                    )
+                    .await;
+                    match r {
+                        Ok(_) => tracing::debug!(lease = id, "lease expired and revoked"),
+                        Err(EtcdError::LeaseNotFound) => etch.lessor.revoked(id),
+                        Err(e) => tracing::warn!(lease = id, "revoking an expired lease: {e}"),
+                    }
+                });
             }
             let sleep = match next {
                 Some(d) => tokio::time::sleep_until(d),
