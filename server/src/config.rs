@@ -78,18 +78,18 @@ const FLAGS: &[Flag] = &[
     f("log-level", Str, "info", Yes),
     f("logger", Str, "zap", Ignored),
     f("log-outputs", Str, "default", Ignored),
-    f("listen-metrics-urls", Str, "", NotYet),
+    f("listen-metrics-urls", Str, "", Yes),
     f("listen-client-http-urls", Str, "", NotYet),
-    f("cert-file", Str, "", NotYet),
-    f("key-file", Str, "", NotYet),
-    f("trusted-ca-file", Str, "", NotYet),
-    f("client-cert-auth", Bool, "false", NotYet),
+    f("cert-file", Str, "", Yes),
+    f("key-file", Str, "", Yes),
+    f("trusted-ca-file", Str, "", Yes),
+    f("client-cert-auth", Bool, "false", Yes),
     f("auto-tls", Bool, "false", NotYet),
-    f("peer-cert-file", Str, "", NotYet),
-    f("peer-key-file", Str, "", NotYet),
-    f("peer-trusted-ca-file", Str, "", NotYet),
-    f("peer-client-cert-auth", Bool, "false", NotYet),
-    f("peer-auto-tls", Bool, "false", NotYet),
+    f("peer-cert-file", Str, "", Ignored),
+    f("peer-key-file", Str, "", Ignored),
+    f("peer-trusted-ca-file", Str, "", Ignored),
+    f("peer-client-cert-auth", Bool, "false", Ignored),
+    f("peer-auto-tls", Bool, "false", Ignored),
     f("cipher-suites", Str, "", NotYet),
     f("tls-min-version", Str, "TLS1.2", Ignored),
     f("max-snapshots", Int, "5", Ignored),
@@ -148,7 +148,10 @@ pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
     pub wal_dir: PathBuf,
-    pub listen_client: Vec<SocketAddr>,
+    pub listen_client: Vec<Listen>,
+    /// `--listen-metrics-urls`: plain HTTP with /metrics and the health endpoints.
+    pub listen_metrics: Vec<SocketAddr>,
+    pub tls: Option<Tls>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
     pub initial_cluster_token: String,
@@ -161,6 +164,24 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     pub log_level: tracing::Level,
     pub watch_progress_notify_interval: Duration,
+}
+
+/// A client listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// An https URL: served with `--cert-file`/`--key-file`.
+    pub tls: bool,
+}
+
+/// Client TLS: `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trusted_ca: Option<PathBuf>,
+    /// Clients must present a certificate signed by the trusted CA.
+    pub client_cert_auth: bool,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -289,10 +310,45 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
     let listen_client = v["listen-client-urls"]
         .split(',')
         .map(|u| resolve_url(u.trim(), "listen-client-urls"))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>();
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = match (v["cert-file"].as_str(), v["key-file"].as_str()) {
+        ("", "") => None,
+        ("", _) | (_, "") => {
+            return Err("--cert-file and --key-file must be given together".into());
+        }
+        (cert, key) => Some(Tls {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            trusted_ca: (!v["trusted-ca-file"].is_empty())
+                .then(|| PathBuf::from(&v["trusted-ca-file"])),
+            client_cert_auth: matches!(v["client-cert-auth"].as_str(), "true" | "1" | "t" | "TRUE"),
+        }),
+    };
+    if tls.is_none() && listen_client.iter().any(|l| l.tls) {
+        return Err("--listen-client-urls has an https URL but --cert-file and --key-file are not set".into());
+    }
+    if let Some(t) = &tls
+        && t.client_cert_auth
+        && t.trusted_ca.is_none()
+    {
+        return Err("--client-cert-auth needs --trusted-ca-file".into());
+    }
+    let listen_metrics = if v["listen-metrics-urls"].is_empty() {
+        Vec::new()
+    } else {
+        v["listen-metrics-urls"]
+            .split(',')
+            .map(|u| {
+                let l = resolve_url(u.trim(), "listen-metrics-urls")?;
+                if l.tls {
+                    return Err(format!(
+                        "--listen-metrics-urls: https metrics URLs are not supported by etch yet (\"{u}\")"
+                    ));
+                }
+                Ok(l.addr)
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let heartbeat = int(v, "heartbeat-interval");
     let election = int(v, "election-timeout");
     if heartbeat <= 0 || election <= 0 {
@@ -360,6 +416,8 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
         data_dir,
         wal_dir,
         listen_client,
+        listen_metrics,
+        tls,
         advertise_client_urls: v["advertise-client-urls"]
             .split(',')
             .map(|s| s.trim().to_string())
@@ -500,13 +558,8 @@ fn split_url(u: &str) -> Result<(&str, &str, u16), String> {
     Ok((scheme, host, port))
 }
 
-fn resolve_url(u: &str, flag: &str) -> Result<Vec<SocketAddr>, String> {
+fn resolve_url(u: &str, flag: &str) -> Result<Listen, String> {
     let (scheme, host, port) = split_url(u).map_err(|e| format!("--{flag}: {e}"))?;
-    if scheme == "https" {
-        return Err(format!(
-            "--{flag}: https is not supported by etch yet (\"{u}\")"
-        ));
-    }
     // "localhost" means the IPv4 loopback, as a default etcd serves it.
     let host = if host == "localhost" {
         "127.0.0.1"
@@ -518,7 +571,10 @@ fn resolve_url(u: &str, flag: &str) -> Result<Vec<SocketAddr>, String> {
         .map_err(|e| format!("--{flag}: cannot resolve \"{u}\": {e}"))?
         .collect();
     match addrs.first() {
-        Some(a) => Ok(vec![*a]),
+        Some(a) => Ok(Listen {
+            addr: *a,
+            tls: scheme == "https",
+        }),
         None => Err(format!("--{flag}: \"{u}\" resolves to no address")),
     }
 }
@@ -570,7 +626,14 @@ mod tests {
     fn defaults() {
         let c = serve(&[]);
         assert_eq!(c.data_dir, PathBuf::from("default.etch"));
-        assert_eq!(c.listen_client, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(
+            c.listen_client,
+            vec![Listen {
+                addr: "127.0.0.1:2379".parse().unwrap(),
+                tls: false
+            }]
+        );
+        assert_eq!(c.tls, None);
         assert_eq!(c.max_txn_ops, 128);
         assert_eq!(c.max_request_bytes, 1572864);
         assert_eq!(c.election_ticks, 10);
@@ -616,11 +679,13 @@ mod tests {
                 .unwrap_err()
                 .contains("5 times")
         );
+        assert!(p(&["--cert-file=/x"]).unwrap_err().contains("together"));
         assert!(
-            p(&["--cert-file=/x"])
+            p(&["--listen-client-urls=https://127.0.0.1:2379"])
                 .unwrap_err()
-                .contains("not supported")
+                .contains("--cert-file")
         );
+        assert!(p(&["--auto-tls"]).unwrap_err().contains("not supported"));
         assert!(matches!(p(&["--version"]), Ok(Command::Version)));
     }
 

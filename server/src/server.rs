@@ -344,73 +344,52 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls_config(t)?),
+        None => None,
+    };
     let mut servers = Vec::new();
-    for addr in &cfg.listen_client {
+    for l in &cfg.listen_client {
+        let addr = l.addr;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        tracing::info!(%addr, "serving client requests");
+        tracing::info!(%addr, tls = l.tls, "serving client requests");
         let mut stop_rx = stop_tx.subscribe();
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let m = etch.metrics.clone();
-        let counted = |inner| Counted {
-            inner,
-            metrics: m.clone(),
-        };
-        let routes = tonic::service::Routes::builder()
-            .add_service(Counted {
-                inner: GrpcGoStatus(
-                    KvServer::new(KvService { etch: etch.clone() })
-                        .max_decoding_message_size(max_msg)
-                        .max_encoding_message_size(usize::MAX),
-                ),
-                metrics: m.clone(),
-            })
-            .add_service(counted(
-                WatchServer::new(WatchService { etch: etch.clone() })
-                    .max_decoding_message_size(max_msg)
-                    .max_encoding_message_size(usize::MAX),
-            ))
-            .add_service(Counted {
-                inner: GrpcGoStatus(
-                    LeaseServer::new(LeaseService { etch: etch.clone() })
-                        .max_decoding_message_size(max_msg),
-                ),
-                metrics: m.clone(),
-            })
-            .add_service(Counted {
-                inner: GrpcGoStatus(
-                    MaintenanceServer::new(MaintenanceService { etch: etch.clone() })
-                        .max_decoding_message_size(max_msg)
-                        .max_encoding_message_size(usize::MAX),
-                ),
-                metrics: m.clone(),
-            })
-            .add_service(Counted {
-                inner: GrpcGoStatus(
-                    ClusterServer::new(ClusterService { etch: etch.clone() })
-                        .max_decoding_message_size(max_msg),
-                ),
-                metrics: m.clone(),
-            })
-            .add_service(Counted {
-                inner: GrpcGoStatus(
-                    AuthServer::new(AuthService { etch: etch.clone() })
-                        .max_decoding_message_size(max_msg),
-                ),
-                metrics: m.clone(),
-            })
-            .clone()
-            .routes();
+        let mut builder = tonic::transport::Server::builder().accept_http1(true);
+        if l.tls {
+            let t = tls.clone().expect("https listeners are refused without TLS files");
+            builder = builder
+                .tls_config(t)
+                .map_err(|e| format!("TLS setup for {addr}: {e}"))?;
+        }
         // etcd serves HTTP/1.1 (health, version, metrics) on the client URLs beside gRPC.
-        let router = routes
+        let router = client_routes(&etch, max_msg)
             .into_axum_router()
             .merge(crate::http::router(etch.clone()));
         servers.push(tokio::spawn(
+            builder
+                .add_routes(tonic::service::Routes::from(router))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_rx.recv().await;
+                }),
+        ));
+    }
+    for addr in &cfg.listen_metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(%addr, "serving metrics and health");
+        let mut stop_rx = stop_tx.subscribe();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        servers.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .accept_http1(true)
-                .add_routes(tonic::service::Routes::from(router))
+                .add_routes(tonic::service::Routes::from(crate::http::router(
+                    etch.clone(),
+                )))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop_rx.recv().await;
                 }),
@@ -452,6 +431,73 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         Some(why) => Err(why),
         None => Ok(()),
     }
+}
+
+/// Every gRPC service, each counted and with etcd's message size limit.
+fn client_routes(etch: &Arc<Etch>, max_msg: usize) -> tonic::service::Routes {
+    let counted = |inner| Counted {
+        inner,
+        metrics: etch.metrics.clone(),
+    };
+    let m = etch.metrics.clone();
+    tonic::service::Routes::builder()
+        .add_service(Counted {
+            inner: GrpcGoStatus(
+                KvServer::new(KvService { etch: etch.clone() })
+                    .max_decoding_message_size(max_msg)
+                    .max_encoding_message_size(usize::MAX),
+            ),
+            metrics: m.clone(),
+        })
+        .add_service(counted(
+            WatchServer::new(WatchService { etch: etch.clone() })
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        ))
+        .add_service(Counted {
+            inner: GrpcGoStatus(
+                LeaseServer::new(LeaseService { etch: etch.clone() })
+                    .max_decoding_message_size(max_msg),
+            ),
+            metrics: m.clone(),
+        })
+        .add_service(Counted {
+            inner: GrpcGoStatus(
+                MaintenanceServer::new(MaintenanceService { etch: etch.clone() })
+                    .max_decoding_message_size(max_msg)
+                    .max_encoding_message_size(usize::MAX),
+            ),
+            metrics: m.clone(),
+        })
+        .add_service(Counted {
+            inner: GrpcGoStatus(
+                ClusterServer::new(ClusterService { etch: etch.clone() })
+                    .max_decoding_message_size(max_msg),
+            ),
+            metrics: m.clone(),
+        })
+        .add_service(Counted {
+            inner: GrpcGoStatus(
+                AuthServer::new(AuthService { etch: etch.clone() })
+                    .max_decoding_message_size(max_msg),
+            ),
+            metrics: m,
+        })
+        .clone()
+        .routes()
+}
+
+/// The server side of client TLS from the PEM files named by the flags.
+fn tls_config(t: &crate::config::Tls) -> Result<tonic::transport::ServerTlsConfig, String> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let mut c = ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+    if let Some(ca) = &t.trusted_ca {
+        c = c
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(!t.client_cert_auth);
+    }
+    Ok(c)
 }
 
 async fn wait_for_signal(etch: &Etch) {

@@ -46,9 +46,27 @@ pub struct Etch {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub extra: Vec<String>,
+    /// The harness passes the plain-HTTP client URLs itself (false when `extra` has them).
+    pub own_urls: bool,
 }
 
 impl Etch {
+    /// Starts etch on `port` serving `url` (e.g. an https URL), with extra flags.
+    pub fn start_at(data_dir: &Path, port: u16, url: &str, extra: &[&str]) -> Etch {
+        let mut args = vec!["--listen-client-urls", url, "--advertise-client-urls", url];
+        args.extend_from_slice(extra);
+        let mut e = Etch {
+            child: None,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension("log"),
+            extra: args.iter().map(|s| s.to_string()).collect(),
+            own_urls: false,
+        };
+        e.spawn();
+        e
+    }
+
     /// Starts etch on a free port in `data_dir`, with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Etch {
         let mut e = Etch {
@@ -57,6 +75,7 @@ impl Etch {
             data_dir: data_dir.to_path_buf(),
             log: data_dir.with_extension("log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            own_urls: true,
         };
         e.spawn();
         e
@@ -69,13 +88,15 @@ impl Etch {
             .append(true)
             .open(&self.log)
             .expect("opening the log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_etch"))
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen-client-urls")
-            .arg(&url)
-            .arg("--advertise-client-urls")
-            .arg(&url)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etch"));
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        if self.own_urls {
+            cmd.arg("--listen-client-urls")
+                .arg(&url)
+                .arg("--advertise-client-urls")
+                .arg(&url);
+        }
+        let mut child = cmd
             .args(&self.extra)
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
