@@ -32,7 +32,7 @@ enum Msg<O> {
     Propose { data: Vec<u8>, tx: Reply<O> },
     ReadIndex { tx: Reply<u64> },
     Step(Box<Message>),
-    Compact(u64),
+    Compact(u64, u64),
     Stop,
 }
 
@@ -213,10 +213,10 @@ impl<O: Send + 'static> Node<O> {
         let _ = self.send(Msg::Step(Box::new(m)));
     }
 
-    /// The state machine has made everything up to `index` durable: the log below it may
-    /// go.
-    pub fn compact(&self, index: u64) {
-        let _ = self.send(Msg::Compact(index));
+    /// The state machine has made everything up to `durable` durable: the WAL below it
+    /// may go.
+    pub fn compact(&self, durable: &Applied) {
+        let _ = self.send(Msg::Compact(durable.index, durable.term));
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -362,8 +362,8 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
                     tracing::debug!("raft: step: {e}");
                 }
             }
-            Msg::Compact(index) => {
-                if let Err(e) = self.raw.mut_store().compact(index) {
+            Msg::Compact(index, term) => {
+                if let Err(e) = self.raw.mut_store().compact(index, term) {
                     self.fail(format!("compacting the raft log: {e}"));
                 }
             }
@@ -509,6 +509,10 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
             }
         }
         self.applied_term = entries.last().map_or(self.applied_term, |e| e.term);
+        // Handed-off entries live on in the WAL; memory keeps only a short tail of them.
+        if let Some(last) = entries.last() {
+            self.raw.mut_store().trim_memory(last.index)?;
+        }
         let batch = ApplyBatch {
             entries,
             waiters,
@@ -605,7 +609,7 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
                 Msg::ReadIndex { tx } => {
                     let _ = tx.send(Err(err.clone()));
                 }
-                Msg::Step(_) | Msg::Compact(_) | Msg::Stop => {}
+                Msg::Step(_) | Msg::Compact(..) | Msg::Stop => {}
             }
         }
         // Dropping the apply sender lets the applier finish what it has and end; the WAL

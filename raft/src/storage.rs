@@ -30,6 +30,8 @@ pub struct LogStore {
     snap_term: u64,
     /// Entries `snap_index + 1 ..`.
     entries: VecDeque<Entry>,
+    /// The WAL holds no entries at or below this index that matter (a snapshot record).
+    wal_compacted: u64,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -173,6 +175,7 @@ impl LogStore {
             snap_index: applied.index,
             snap_term: applied.term,
             entries,
+            wal_compacted: applied.index,
         })
     }
 
@@ -241,26 +244,33 @@ impl LogStore {
         }
     }
 
-    /// Drops the log below `index` (whose effects the state machine has made durable) and
-    /// removes WAL segments that hold only such entries. Keeps a short tail in memory.
-    pub fn compact(&mut self, index: u64) -> Result<()> {
-        if index <= self.snap_index || index > self.last() {
+    /// The state machine has made everything up to `index` (at `term`) durable: records
+    /// that in the WAL and deletes the segments that hold only older entries.
+    pub fn compact(&mut self, index: u64, term: u64) -> Result<()> {
+        if index <= self.wal_compacted || index > self.last() {
             return Ok(());
         }
-        let term = self.term_of(index)?;
         let record = encode_snapshot_record(index, term, &self.conf_state)?;
         self.wal.append_sync(RecordKind::Snapshot, index, &record)?;
         let removed = self.wal.purge_below(index + 1)?;
-        let keep_from = index.saturating_sub(RETAINED_ENTRIES);
-        if keep_from > self.snap_index {
-            let k = self.term_of(keep_from)?;
-            while self.entries.front().is_some_and(|e| e.index <= keep_from) {
-                self.entries.pop_front();
-            }
-            self.snap_index = keep_from;
-            self.snap_term = k;
-        }
+        self.wal_compacted = index;
         tracing::debug!(index, removed, "raft log compacted");
+        Ok(())
+    }
+
+    /// Drops from memory the entries more than `RETAINED_ENTRIES` below `applied` (handed
+    /// to the state machine). The WAL still holds them until `compact`.
+    pub fn trim_memory(&mut self, applied: u64) -> Result<()> {
+        let keep_from = applied.saturating_sub(RETAINED_ENTRIES);
+        if keep_from <= self.snap_index || keep_from > self.last() {
+            return Ok(());
+        }
+        let term = self.term_of(keep_from)?;
+        while self.entries.front().is_some_and(|e| e.index <= keep_from) {
+            self.entries.pop_front();
+        }
+        self.snap_index = keep_from;
+        self.snap_term = term;
         Ok(())
     }
 

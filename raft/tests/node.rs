@@ -335,7 +335,7 @@ fn compaction_removes_wal_segments_and_restart_still_works() {
     // Everything applied is checkpointed (the state machine checkpoints every batch).
     let ckpt = lock(&log).checkpointed.clone();
     assert!(ckpt.index >= acked[&599]);
-    node.compact(ckpt.index);
+    node.compact(&ckpt);
     // Compaction runs on the node loop, one file at a time: wait until only the segment
     // being written (and perhaps its predecessor) is left.
     let deadline = Instant::now() + WAIT;
@@ -369,7 +369,7 @@ fn compaction_removes_wal_segments_and_restart_still_works() {
         }
         if round == 0 {
             let ckpt = lock(&log).checkpointed.clone();
-            node.compact(ckpt.index);
+            node.compact(&ckpt);
         }
         node.stop();
         drop(node);

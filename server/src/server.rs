@@ -223,7 +223,7 @@ fn checkpoint_once(etch: &Etch) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     etch.store.checkpoint().map_err(|e| e.to_string())?;
     if applied.index > 0 {
-        etch.node.compact(applied.index);
+        etch.node.compact(&applied);
     }
     Ok(())
 }
@@ -360,7 +360,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut builder = tonic::transport::Server::builder().accept_http1(true);
         if l.tls {
-            let t = tls.clone().expect("https listeners are refused without TLS files");
+            let t = tls
+                .clone()
+                .expect("https listeners are refused without TLS files");
             builder = builder
                 .tls_config(t)
                 .map_err(|e| format!("TLS setup for {addr}: {e}"))?;
