@@ -325,7 +325,10 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
         }),
     };
     if tls.is_none() && listen_client.iter().any(|l| l.tls) {
-        return Err("--listen-client-urls has an https URL but --cert-file and --key-file are not set".into());
+        return Err(
+            "--listen-client-urls has an https URL but --cert-file and --key-file are not set"
+                .into(),
+        );
     }
     if let Some(t) = &tls
         && t.client_cert_auth

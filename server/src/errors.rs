@@ -1,14 +1,8 @@
 //! etcd's client-visible errors, and the one place they become gRPC statuses. The codes
 //! and texts are etcd's (clients match on the text).
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use tonic::body::Body;
-use tonic::codegen::{Service, http};
-use tonic::server::NamedService;
+use tonic::codegen::http;
 use tonic::{Code, Status};
 
 /// An error a client sees.
@@ -154,41 +148,14 @@ impl From<etch_raft::Error> for EtcdError {
     }
 }
 
-/// Wraps a generated gRPC service so that a request message over the decoding limit
-/// (`--max-request-bytes` plus gRPC's headroom) gets the status grpc-go gives it in etcd,
-/// ResourceExhausted "grpc: received message larger than max (N vs. M)", rather than
-/// tonic's OutOfRange with its own text. Unary calls only: there tonic refuses the
-/// message before calling the service, in a trailers-only response this can rewrite.
-#[derive(Debug, Clone)]
-pub struct GrpcGoStatus<S>(pub S);
-
-impl<S: NamedService> NamedService for GrpcGoStatus<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> Service<http::Request<B>> for GrpcGoStatus<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let resp = self.0.call(req);
-        Box::pin(async move { Ok(too_large_as_grpc_go(resp.await?)) })
-    }
-}
-
 /// tonic: OutOfRange "Error, decoded message length too large: found N bytes, the limit
 /// is: M bytes"; grpc-go: ResourceExhausted "grpc: received message larger than max (N
 /// vs. M)".
-fn too_large_as_grpc_go(resp: http::Response<Body>) -> http::Response<Body> {
+/// Gives a request message over the decoding limit (`--max-request-bytes` plus gRPC's
+/// headroom) the status grpc-go gives it in etcd, rather than tonic's. Unary calls only:
+/// there tonic refuses the message before calling the service, in a trailers-only
+/// response this can rewrite.
+pub fn too_large_as_grpc_go(resp: http::Response<Body>) -> http::Response<Body> {
     let Some(st) = resp.extensions().get::<Status>() else {
         return resp;
     };

@@ -107,20 +107,22 @@ impl Metrics {
     }
 }
 
-/// Counts calls by service, method and status code (`grpc_server_handled_total`). The
-/// code is the one in the response headers (errors answered before any message); a
-/// stream that fails after it started is counted as it started.
+/// Wraps every gRPC service: gives an over-sized request grpc-go's status (as etcd
+/// answers it), and counts calls by service, method and status code
+/// (`grpc_server_handled_total`). The code counted is the one in the response headers
+/// (errors answered before any message); a stream that fails after it started is counted
+/// as it started.
 #[derive(Debug, Clone)]
-pub struct Counted<S> {
+pub struct Instrumented<S> {
     pub inner: S,
     pub metrics: Arc<Metrics>,
 }
 
-impl<S: NamedService> NamedService for Counted<S> {
+impl<S: NamedService> NamedService for Instrumented<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> Service<http::Request<B>> for Counted<S>
+impl<S, B> Service<http::Request<B>> for Instrumented<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
@@ -138,7 +140,7 @@ where
         let metrics = self.metrics.clone();
         let resp = self.inner.call(req);
         Box::pin(async move {
-            let resp = resp.await?;
+            let resp = crate::errors::too_large_as_grpc_go(resp.await?);
             let code = resp
                 .headers()
                 .get("grpc-status")

@@ -15,12 +15,12 @@ use crate::apply::{Apply, Compactor, Output, WriteResult};
 use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::config::Config;
-use crate::errors::{EtcdError, GrpcGoStatus};
+use crate::errors::EtcdError;
 use crate::ids;
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::maintenance::{Alarms, MaintenanceService};
-use crate::metrics::{Counted, Metrics};
+use crate::metrics::{Instrumented, Metrics};
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
@@ -435,55 +435,40 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
 }
 
-/// Every gRPC service, each counted and with etcd's message size limit.
+/// Every gRPC service, instrumented and with etcd's message size limit.
 fn client_routes(etch: &Arc<Etch>, max_msg: usize) -> tonic::service::Routes {
-    let counted = |inner| Counted {
-        inner,
-        metrics: etch.metrics.clone(),
-    };
-    let m = etch.metrics.clone();
+    let e = || etch.clone();
     tonic::service::Routes::builder()
-        .add_service(Counted {
-            inner: GrpcGoStatus(
-                KvServer::new(KvService { etch: etch.clone() })
-                    .max_decoding_message_size(max_msg)
-                    .max_encoding_message_size(usize::MAX),
-            ),
-            metrics: m.clone(),
-        })
-        .add_service(counted(
-            WatchServer::new(WatchService { etch: etch.clone() })
+        .add_service(Instrumented {
+            inner: KvServer::new(KvService { etch: e() })
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(usize::MAX),
-        ))
-        .add_service(Counted {
-            inner: GrpcGoStatus(
-                LeaseServer::new(LeaseService { etch: etch.clone() })
-                    .max_decoding_message_size(max_msg),
-            ),
-            metrics: m.clone(),
+            metrics: etch.metrics.clone(),
         })
-        .add_service(Counted {
-            inner: GrpcGoStatus(
-                MaintenanceServer::new(MaintenanceService { etch: etch.clone() })
-                    .max_decoding_message_size(max_msg)
-                    .max_encoding_message_size(usize::MAX),
-            ),
-            metrics: m.clone(),
+        .add_service(Instrumented {
+            inner: WatchServer::new(WatchService { etch: e() })
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+            metrics: etch.metrics.clone(),
         })
-        .add_service(Counted {
-            inner: GrpcGoStatus(
-                ClusterServer::new(ClusterService { etch: etch.clone() })
-                    .max_decoding_message_size(max_msg),
-            ),
-            metrics: m.clone(),
+        .add_service(Instrumented {
+            inner: LeaseServer::new(LeaseService { etch: e() }).max_decoding_message_size(max_msg),
+            metrics: etch.metrics.clone(),
         })
-        .add_service(Counted {
-            inner: GrpcGoStatus(
-                AuthServer::new(AuthService { etch: etch.clone() })
-                    .max_decoding_message_size(max_msg),
-            ),
-            metrics: m,
+        .add_service(Instrumented {
+            inner: MaintenanceServer::new(MaintenanceService { etch: e() })
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+            metrics: etch.metrics.clone(),
+        })
+        .add_service(Instrumented {
+            inner: ClusterServer::new(ClusterService { etch: e() })
+                .max_decoding_message_size(max_msg),
+            metrics: etch.metrics.clone(),
+        })
+        .add_service(Instrumented {
+            inner: AuthServer::new(AuthService { etch: e() }).max_decoding_message_size(max_msg),
+            metrics: etch.metrics.clone(),
         })
         .clone()
         .routes()
