@@ -4,11 +4,14 @@
 //! etch's own B+tree ([`EtchDb`]), for redb ([`RedbDb`]) and for LMDB through heed
 //! ([`LmdbDb`]), each configured so that one committed batch is durable (synced to disk)
 //! when the commit returns. [`workload`] makes the keys and values.
+//!
+//! [`load`] is the `etch-bench` load generator, which drives etch or etcd over gRPC.
 
 use std::path::Path;
 
 mod etch_db;
 mod lmdb_db;
+pub mod load;
 mod redb_db;
 pub mod workload;
 
