@@ -214,9 +214,11 @@ struct Checkpointer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// How often the background checkpoint runs when writes are slow (busy stores checkpoint
-/// from their commits too, every 64 MiB of page writes).
+/// How often the background checkpoint runs when writes are slow.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+/// Page bytes written since the last checkpoint that start the next one at once: this
+/// bounds the dirty page cache and the WAL kept for recovery.
+const CHECKPOINT_DIRTY_BYTES: u64 = 64 << 20;
 
 fn checkpoint_once(etch: &Etch) -> Result<(), String> {
     let applied = Applied::decode(&etch.store.marker().map_err(|e| e.to_string())?)
@@ -245,7 +247,9 @@ impl Checkpointer {
                     {
                         tracing::warn!("counting free pages: {e}");
                     }
-                    if waited < CHECKPOINT_INTERVAL {
+                    if waited < CHECKPOINT_INTERVAL
+                        && etch.store.db().stats().unsynced_bytes < CHECKPOINT_DIRTY_BYTES
+                    {
                         continue;
                     }
                     waited = Duration::ZERO;
@@ -277,7 +281,15 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot create data dir {}: {e}", member_dir.display()))?;
     let db_path = member_dir.join("etch.db");
     let store = Arc::new(
-        Store::open(&db_path, btree::Options::default())
+        Store::open(
+            &db_path,
+            btree::Options {
+                // Commits never checkpoint: the apply thread would wait for two
+                // fdatasyncs. The checkpoint thread watches the unsynced bytes instead.
+                checkpoint_bytes: u64::MAX,
+                ..btree::Options::default()
+            },
+        )
             .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?,
     );
     let (member_id, cluster_id) = identity(&store, &cfg)?;
