@@ -69,7 +69,9 @@ impl Auth for AuthService {
         Ok(Response::new(pb::AuthStatusResponse {
             header: self.header(),
             enabled: false,
-            auth_revision: 0,
+            // etcd's auth store starts at revision 1 and only user, role and enable
+            // changes move it.
+            auth_revision: 1,
         }))
     }
 

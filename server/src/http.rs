@@ -67,11 +67,37 @@ async fn health(
         .collect();
     match probe(&etch, serializable, &exclude).await {
         None => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
-        Some(why) => json(
+        // etcd answers an unhealthy member through Go's http.Error: plain text with a
+        // newline.
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(r#"{{"health":"false","reason":"{why}"}}"#),
-        ),
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{{\"health\":\"false\",\"reason\":\"{why}\"}}\n"),
+        )
+            .into_response(),
     }
+}
+
+/// Paths nobody serves: gRPC calls get gRPC's Unimplemented (tonic's own answer), plain
+/// HTTP gets the 404 of etcd's HTTP mux.
+pub async fn fallback(req: axum::extract::Request) -> axum::response::Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        let (parts, ()) = tonic::Status::unimplemented("")
+            .into_http::<()>()
+            .into_parts();
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
 }
 
 async fn livez() -> &'static str {

@@ -359,7 +359,8 @@ fn stream_snapshot(
     drop(snap);
     let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();
-    let total = size + 32;
+    // As etcd counts it: the data still to come, without the checksum message.
+    let total = size;
     let mut sent = 0u64;
     let mut sha = sha2::Sha256::new();
     let mut buf = vec![0u8; SNAPSHOT_CHUNK];

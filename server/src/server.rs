@@ -37,7 +37,7 @@ pub const CLUSTER_TREE: &[u8] = b"etch.cluster";
 const APPLY_LAG_MAX: u64 = 5000;
 /// Headroom above --max-request-bytes that gRPC accepts before refusing a message outright
 /// (etcd's 512 KiB).
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Shared server state.
 pub struct Etch {
@@ -290,7 +290,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 ..btree::Options::default()
             },
         )
-            .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?,
+        .map_err(|e| format!("cannot open {}: {e}", db_path.display()))?,
     );
     let (member_id, cluster_id) = identity(&store, &cfg)?;
     let applied = Applied::decode(&store.marker().map_err(|e| e.to_string())?)
@@ -382,7 +382,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         // etcd serves HTTP/1.1 (health, version, metrics) on the client URLs beside gRPC.
         let router = client_routes(&etch, max_msg)
             .into_axum_router()
-            .merge(crate::http::router(etch.clone()));
+            .merge(crate::http::router(etch.clone()))
+            .fallback(crate::http::fallback);
         servers.push(tokio::spawn(
             builder
                 .add_routes(tonic::service::Routes::from(router))
@@ -401,9 +402,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         servers.push(tokio::spawn(
             tonic::transport::Server::builder()
                 .accept_http1(true)
-                .add_routes(tonic::service::Routes::from(crate::http::router(
-                    etch.clone(),
-                )))
+                .add_routes(tonic::service::Routes::from(
+                    crate::http::router(etch.clone()).fallback(crate::http::fallback),
+                ))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop_rx.recv().await;
                 }),

@@ -328,7 +328,9 @@ impl StreamTask {
         let w = Watcher {
             key,
             range_end,
-            next_rev: if c.start_revision <= 0 {
+            // 0 is "from now". A negative start is kept: it lies below any compaction,
+            // so the catch-up cancels the watcher as compacted, as etcd does.
+            next_rev: if c.start_revision == 0 {
                 current + 1
             } else {
                 c.start_revision
@@ -415,12 +417,14 @@ impl StreamTask {
                 Ok(evs) => evs,
                 Err(mvcc::Error::Compacted) => {
                     self.watchers.remove(&id);
+                    // etcd's answer, field for field: header revision 0, and its store's
+                    // initial compact revision -1 when nothing was ever compacted.
                     return self
                         .send(pb::WatchResponse {
-                            header: Some(self.etch.header(cur)),
+                            header: Some(self.etch.header(0)),
                             watch_id: id,
                             canceled: true,
-                            compact_revision: compact,
+                            compact_revision: if compact > 0 { compact } else { -1 },
                             ..Default::default()
                         })
                         .await;
@@ -472,19 +476,30 @@ impl StreamTask {
             events,
             ..Default::default()
         };
-        let limit = self.etch.cfg.max_request_bytes;
+        // etcd's limit: --max-request-bytes plus gRPC's headroom.
+        let limit = self.etch.cfg.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES;
         if !fragment || resp.encoded_len() < limit || resp.events.len() < 2 {
             return self.send(resp).await;
         }
-        // Split into responses under the limit; all but the last are marked fragments.
+        // etcd's sendFragments: each response takes events while its encoded size stays
+        // under the limit (and always at least one); all but the last are fragments.
+        let base = pb::WatchResponse {
+            header,
+            watch_id: id,
+            fragment: true,
+            ..Default::default()
+        }
+        .encoded_len();
         let mut chunks: Vec<Vec<mvccpb::Event>> = vec![Vec::new()];
-        let mut size = 0;
+        let mut size = base;
         for e in resp.events {
-            let n = e.encoded_len();
+            let len = e.encoded_len();
+            // The field's one-byte tag (11), the length, the event.
+            let n = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
             let last = chunks.last_mut().expect("non-empty");
-            if !last.is_empty() && size + n > limit {
+            if !last.is_empty() && size + n >= limit {
                 chunks.push(Vec::new());
-                size = 0;
+                size = base;
             }
             size += n;
             chunks.last_mut().expect("non-empty").push(e);

@@ -3,6 +3,31 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
+/// Defines a test that runs `scenario(endpoint, who)` first on real etcd 3.5.1, then on a
+/// fresh etch, both with `flags`: the same assertions hold on both, so they are etcd's
+/// own answers. Each run is bounded (60 s) so a hang fails instead of holding the suite.
+#[allow(unused_macros)]
+macro_rules! both {
+    ($name:ident, $scenario:ident) => {
+        both!($name, $scenario, &[]);
+    };
+    ($name:ident, $scenario:ident, $flags:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            {
+                let etcd = $crate::common::RealEtcd::start_with($flags);
+                $crate::common::bounded("etcd 3.5.1", $scenario(etcd.endpoint(), "etcd 3.5.1"))
+                    .await;
+            }
+            let f = $crate::common::start_etch($flags);
+            $crate::common::bounded("etch", $scenario(f.etch.endpoint(), "etch")).await;
+        }
+    };
+}
+
+use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -182,11 +207,17 @@ pub fn etcd_bin_dir() -> PathBuf {
 pub struct RealEtcd {
     pub child: Child,
     pub port: u16,
+    pub peer_port: u16,
     pub dir: tempfile::TempDir,
 }
 
 impl RealEtcd {
     pub fn start() -> RealEtcd {
+        RealEtcd::start_with(&[])
+    }
+
+    /// Starts etcd with extra flags after the harness's own.
+    pub fn start_with(extra: &[&str]) -> RealEtcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let peer = free_port();
@@ -206,13 +237,19 @@ impl RealEtcd {
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("default={peer_url}")])
+            .args(extra)
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("starting etcd");
         wait_listening(port, &mut child, "etcd", &log_path);
-        RealEtcd { child, port, dir }
+        RealEtcd {
+            child,
+            port,
+            peer_port: peer,
+            dir,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -244,5 +281,102 @@ pub async fn client(endpoint: &str) -> etcd_client::Client {
             Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh etch in a temporary dir; the dir outlives the server (field order).
+#[derive(Debug)]
+pub struct Fresh {
+    pub etch: Etch,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn start_etch(flags: &[&str]) -> Fresh {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etch = Etch::start(&dir.path().join("data"), flags);
+    Fresh { etch, dir }
+}
+
+/// The gRPC status of a failed etcd-client call; panics on success or a non-gRPC error.
+#[track_caller]
+pub fn status<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) -> (tonic::Code, String) {
+    match r {
+        Err(etcd_client::Error::GRpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC error status, got {other:?}"),
+    }
+}
+
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    r: Result<T, etcd_client::Error>,
+    code: tonic::Code,
+    msg: &str,
+) {
+    assert_eq!(status(r), (code, msg.to_string()));
+}
+
+/// The store's current revision, as a Range header reports it.
+pub async fn current_rev(c: &mut etcd_client::Client) -> i64 {
+    let r = c.get("current-rev-probe", None).await.expect("get");
+    r.header().expect("header").revision()
+}
+
+/// One HTTP/1.1 GET on 127.0.0.1:`port` with `Connection: close`: (status code, body).
+/// Plain std networking: the answer is read to the end of the connection.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = s.split_once("\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size:?}"));
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+}
+
+/// A scenario's run on one server, bounded: a hang fails the test instead of holding it.
+pub async fn bounded(who: &str, scenario: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(Duration::from_secs(60), scenario)
+        .await
+        .is_err()
+    {
+        panic!("{who}: the scenario did not finish within 60 s");
     }
 }
