@@ -644,10 +644,11 @@ fn run_applier<S: StateMachine>(
         let mut committed = Vec::new();
         let mut waiters = Vec::new();
         for b in &mut batches {
-            let mut pos_of = HashMap::new();
+            // Entry position in the batch → position among the entries applied.
+            let mut pos_of = vec![None; b.entries.len()];
             for (i, e) in b.entries.iter().enumerate() {
                 if e.entry_type == EntryType::EntryNormal && !e.data.is_empty() {
-                    pos_of.insert(i, committed.len());
+                    pos_of[i] = Some(committed.len());
                     committed.push(Committed {
                         index: e.index,
                         term: e.term,
@@ -656,8 +657,8 @@ fn run_applier<S: StateMachine>(
                 }
             }
             for (i, tx) in b.waiters.drain(..) {
-                match pos_of.get(&i) {
-                    Some(&p) => waiters.push((p, tx)),
+                match pos_of[i] {
+                    Some(p) => waiters.push((p, tx)),
                     // An empty proposal has nothing to apply.
                     None => drop(tx),
                 }

@@ -43,14 +43,7 @@ impl ClusterService {
 
 /// etcd accepts only absolute http(s) URLs with a host and port for peers.
 fn valid_peer_url(u: &str) -> bool {
-    let Some((scheme, rest)) = u.split_once("://") else {
-        return false;
-    };
-    if scheme != "http" && scheme != "https" {
-        return false;
-    }
-    let rest = rest.trim_end_matches('/');
-    matches!(rest.rsplit_once(':'), Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok())
+    crate::config::split_url(u).is_ok_and(|(_, host, _)| !host.is_empty())
 }
 
 #[tonic::async_trait]

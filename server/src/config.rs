@@ -543,7 +543,7 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
 }
 
 /// Splits `scheme://host:port` into (scheme, host, port).
-fn split_url(u: &str) -> Result<(&str, &str, u16), String> {
+pub fn split_url(u: &str) -> Result<(&str, &str, u16), String> {
     let (scheme, rest) = u
         .split_once("://")
         .ok_or_else(|| format!("URL \"{u}\" has no scheme"))?;

@@ -10,7 +10,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::pb::etcdserverpb::AlarmType;
 use crate::server::Etch;
 
 /// How long a health probe waits for its read.
@@ -36,11 +35,10 @@ async fn probe(etch: &Etch, serializable: bool, exclude: &[String]) -> Option<St
         return Some("RAFT NO LEADER".into());
     }
     for (_, a) in etch.alarms.list() {
-        let name = match AlarmType::try_from(a) {
-            Ok(AlarmType::Nospace) => "NOSPACE",
-            Ok(AlarmType::Corrupt) => "CORRUPT",
-            _ => continue,
-        };
+        let name = crate::maintenance::alarm_name(a);
+        if name == "NONE" {
+            continue;
+        }
         if !exclude.iter().any(|e| e == name) {
             return Some(format!("ALARM {name}"));
         }

@@ -79,7 +79,8 @@ impl Alarms {
     }
 }
 
-fn alarm_name(a: i32) -> &'static str {
+/// etcd's name of an alarm type.
+pub fn alarm_name(a: i32) -> &'static str {
     match pb::AlarmType::try_from(a) {
         Ok(pb::AlarmType::Nospace) => "NOSPACE",
         Ok(pb::AlarmType::Corrupt) => "CORRUPT",

@@ -49,6 +49,8 @@ pub struct Etch {
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
     pub metrics: Arc<Metrics>,
+    /// A NOSPACE activation is being proposed.
+    pub raising_nospace: AtomicBool,
     /// Pages on the free list, counted in the background.
     pub free_pages: std::sync::atomic::AtomicU64,
     pub member_id: u64,
@@ -111,7 +113,11 @@ impl Etch {
         let size = self.size_in_use();
         if size + cost as u64 >= self.cfg.quota_backend_bytes {
             // Raise NOSPACE, as etcd does: from now on only reads, deletes and
-            // compactions are accepted until an operator deactivates it.
+            // compactions are accepted until an operator deactivates it. One proposal
+            // at a time: a burst of refused writes raises it once.
+            if self.raising_nospace.swap(true, Ordering::AcqRel) {
+                return Err(EtcdError::NoSpace);
+            }
             let etch = self.clone();
             tokio::spawn(async move {
                 let req = crate::pb::etcdserverpb::AlarmRequest {
@@ -122,6 +128,7 @@ impl Etch {
                 if let Err(e) = crate::maintenance::propose_alarm(&etch, req).await {
                     tracing::warn!("raising the NOSPACE alarm: {e}");
                 }
+                etch.raising_nospace.store(false, Ordering::Release);
             });
             return Err(EtcdError::NoSpace);
         }
@@ -342,6 +349,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         lessor,
         alarms,
         metrics,
+        raising_nospace: AtomicBool::new(false),
         free_pages: std::sync::atomic::AtomicU64::new(0),
         member_id,
         cluster_id,
