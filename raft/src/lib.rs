@@ -1,8 +1,13 @@
 //! etch-raft: the thin layer over raft-rs.
 //!
-//! - [`Node`] drives a raft-rs `RawNode` on its own thread in the documented order:
-//!   persist entries and hard state in the WAL (one group-committed batch per Ready),
-//!   send messages, hand committed entries to the applier, advance.
+//! - [`Core`] is raft-rs's `RawNode` with etch's bookkeeping, as a pure state machine:
+//!   inputs (proposals, reads, peer messages, ticks, disk progress) in, effects (messages,
+//!   committed entries, replies) out; no clock, no threads, no waiting.
+//! - [`Log`] is the log raft-rs reads, made durable through a [`LogDisk`]: the engine's
+//!   WAL ([`WalDisk`]) or, in simulation, [`MemDisk`], which loses its unsynced tail in a
+//!   power cut.
+//! - [`Node`] drives a core on its own thread with wall-clock ticks, the WAL (one
+//!   group-committed batch per Ready, never waited on by the loop) and a [`Transport`].
 //! - The applier thread feeds committed entries to the caller's [`StateMachine`], which
 //!   records the applied position ([`Applied`]) atomically with their effects; each
 //!   proposer gets the output its entry produced.
@@ -13,15 +18,20 @@
 //!
 //! This crate knows nothing of MVCC or gRPC: entries are opaque bytes.
 
+mod core;
+mod disk;
+mod log;
 mod logger;
 mod node;
-mod storage;
 
 use std::time::Duration;
 
+pub use crate::core::{ApplyBatch, Core, CoreConfig, Effects, RequestId};
+pub use disk::{MemDisk, WalDisk};
+pub use log::{Log, LogDisk, RETAINED_ENTRIES, Replay};
 pub use node::{Node, NodeStatus};
-pub use raft::prelude::{ConfState, Message};
-pub use storage::LogStore;
+pub use raft::StateRole;
+pub use raft::prelude::{ConfState, Entry, EntryType, HardState, Message, MessageType};
 
 use etch_engine::wal;
 use protobuf::Message as _;
@@ -131,9 +141,42 @@ pub trait StateMachine: Send + 'static {
 }
 
 /// Carries raft messages to peers. Sending must not block for long; a message that cannot
-/// be delivered is dropped (raft retries).
+/// be delivered is dropped (raft retries), and the transport reports the peer unreachable
+/// through [`Node::report_unreachable`] (and a snapshot's fate through
+/// [`Node::report_snapshot`]).
 pub trait Transport: Send + 'static {
     fn send(&mut self, msgs: Vec<Message>);
+}
+
+/// Request ids unique across members and restarts, laid out as etcd's idutil lays them
+/// out: the member id's low 16 bits, then 48 bits that start at the boot time in
+/// milliseconds (its low 40 bits, shifted left by 8) and count up.
+#[derive(Debug, Clone)]
+pub struct IdGen {
+    prefix: u64,
+    suffix: u64,
+}
+
+impl IdGen {
+    const SUFFIX_BITS: u32 = 48;
+
+    /// `boot` is the start time in milliseconds (in simulation, any value that differs
+    /// between a member's restarts).
+    pub fn new(member: u64, boot: u64) -> IdGen {
+        IdGen {
+            prefix: (member & 0xffff) << Self::SUFFIX_BITS,
+            suffix: (boot & ((1 << 40) - 1)) << 8,
+        }
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        self.suffix = (self.suffix + 1) & ((1 << Self::SUFFIX_BITS) - 1);
+        self.prefix | self.suffix
+    }
+}
+
+pub(crate) fn crate_lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The transport of a one-member group: there is no one to send to.

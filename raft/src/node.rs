@@ -1,20 +1,23 @@
-//! The node loop (one thread owning the `RawNode`) and the applier (one thread owning the
-//! state machine).
+//! The production driver: one thread runs the [`Core`] on wall-clock ticks, the WAL and a
+//! [`Transport`]; another applies committed entries to the state machine.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etch_engine::wal::WalStats;
-use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::prelude::{ConfState, Entry, EntryType, Message};
 use tokio::sync::{oneshot, watch};
 
-use crate::storage::LogStore;
-use crate::{Applied, Committed, Config, Error, Result, StateMachine, Transport, logger};
+use crate::core::{ApplyBatch, Core, CoreConfig, Effects, RequestId};
+use crate::disk::WalDisk;
+use crate::{
+    Applied, Committed, Config, Error, IdGen, Result, StateMachine, Transport, crate_lock,
+};
 
 /// Messages taken from the inbox per loop turn, so ticks and Readys keep flowing.
 const INBOX_BATCH_MAX: usize = 8192;
@@ -29,10 +32,20 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 type Inbox<O> = Arc<Mutex<Option<Sender<Msg<O>>>>>;
 
 enum Msg<O> {
-    Propose { data: Vec<u8>, tx: Reply<O> },
-    ReadIndex { tx: Reply<u64> },
+    Propose {
+        data: Vec<u8>,
+        tx: Reply<O>,
+    },
+    ReadIndex {
+        tx: Reply<u64>,
+    },
     Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotDone(u64, bool),
+    TransferLeader(u64),
     Compact(u64, u64),
+    /// The WAL made something durable.
+    Wake,
     Stop,
 }
 
@@ -52,6 +65,7 @@ struct Shared {
     fatal: Mutex<Option<String>>,
     /// The WAL's counters as of the last Ready.
     wal_stats: Mutex<WalStats>,
+    leader_changes: std::sync::atomic::AtomicU64,
 }
 
 /// A running Raft member. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -71,6 +85,33 @@ impl<O> std::fmt::Debug for Node<O> {
     }
 }
 
+/// Wakes the node loop when the WAL completes a sync; wakes between two loop turns
+/// coalesce into one message.
+struct InboxWaker<O> {
+    tx: Mutex<Sender<Msg<O>>>,
+    pending: AtomicBool,
+}
+
+impl<O: Send + 'static> Wake for InboxWaker<O> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let _ = crate_lock(&self.tx).send(Msg::Wake);
+        }
+    }
+}
+
+/// Milliseconds since the epoch: request ids start there, so a restarted member never
+/// mistakes an entry proposed before the restart for one of its new requests.
+fn boot_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
 impl<O: Send + 'static> Node<O> {
     /// Recovers the log from `cfg.wal_dir` above `applied` (the state machine's durable
     /// position) and starts the node and applier threads.
@@ -81,36 +122,33 @@ impl<O: Send + 'static> Node<O> {
     {
         assert!(cfg.id != 0, "raft member id 0 is reserved");
         let initial = ConfState::from((cfg.initial_voters.clone(), vec![]));
-        let store = LogStore::open(&cfg.wal_dir, cfg.wal.clone(), &applied, initial)?;
-        let rcfg = raft::Config {
-            id: cfg.id,
-            election_tick: cfg.election_ticks,
-            heartbeat_tick: 1,
-            applied: applied.index,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            check_quorum: true,
-            pre_vote: true,
-            read_only_option: ReadOnlyOption::Safe,
-            max_uncommitted_size: 256 << 20,
-            ..Default::default()
-        };
-        rcfg.validate()?;
-        let voters = store.conf_state().voters.clone();
-        let mut raw = RawNode::new(&rcfg, store, &logger::logger())?;
-        if voters == [cfg.id] {
-            // A one-member group needs no election timeout to elect itself.
-            raw.campaign()?;
-        }
-        let shared = Arc::new(Shared {
-            status: Mutex::new(NodeStatus {
+        let log = WalDisk::open(&cfg.wal_dir, cfg.wal.clone(), &applied, initial)?;
+        let boot = boot_millis();
+        let mut core = Core::new(
+            CoreConfig {
                 id: cfg.id,
-                ..Default::default()
-            }),
+                election_ticks: cfg.election_ticks,
+                applied: applied.clone(),
+                pending_max: cfg.pending_max,
+                seed: boot,
+                // Read contexts and proposal ids never meet, but both must be unique
+                // across members: the same prefix serves both.
+                ids: IdGen::new(cfg.id, boot.wrapping_add(1 << 20)),
+            },
+            log,
+        )?;
+        let shared = Arc::new(Shared {
+            status: Mutex::new(core.status()),
             fatal: Mutex::new(None),
             wal_stats: Mutex::new(WalStats::default()),
+            leader_changes: Default::default(),
         });
         let (inbox_tx, inbox_rx) = mpsc::channel();
+        let waker = Arc::new(InboxWaker {
+            tx: Mutex::new(inbox_tx.clone()),
+            pending: AtomicBool::new(false),
+        });
+        core.set_waker(Waker::from(waker.clone()));
         let inbox: Inbox<O> = Arc::new(Mutex::new(Some(inbox_tx)));
         let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE_MAX);
         let (applied_tx, applied_rx) = watch::channel(applied.index);
@@ -124,22 +162,17 @@ impl<O: Send + 'static> Node<O> {
         let looper = {
             let shared = shared.clone();
             let mut l = Loop {
-                raw,
+                core,
                 inbox: inbox_rx,
                 gate: inbox.clone(),
+                waker,
                 apply: apply_tx,
                 transport,
                 shared,
-                waiters: HashMap::new(),
-                next_proposal: boot_nanos(),
-                held: Vec::new(),
-                reads_waiting: Vec::new(),
-                reads_inflight: HashMap::new(),
-                next_read: 0,
+                proposals: HashMap::new(),
+                reads: HashMap::new(),
+                ids: IdGen::new(cfg.id, boot),
                 tick: cfg.tick,
-                read_retry_ticks: cfg.election_ticks,
-                pending_max: cfg.pending_max,
-                applied_term: applied.term,
                 last_leader: 0,
             };
             std::thread::Builder::new()
@@ -213,6 +246,21 @@ impl<O: Send + 'static> Node<O> {
         let _ = self.send(Msg::Step(Box::new(m)));
     }
 
+    /// The transport could not deliver a message to `peer`.
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.send(Msg::Unreachable(peer));
+    }
+
+    /// How sending a snapshot to `peer` ended.
+    pub fn report_snapshot(&self, peer: u64, ok: bool) {
+        let _ = self.send(Msg::SnapshotDone(peer, ok));
+    }
+
+    /// Asks the leader (this node) to hand leadership to `to`.
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.send(Msg::TransferLeader(to));
+    }
+
     /// The state machine has made everything up to `durable` durable: the WAL below it
     /// may go.
     pub fn compact(&self, durable: &Applied) {
@@ -221,6 +269,11 @@ impl<O: Send + 'static> Node<O> {
 
     pub fn status(&self) -> NodeStatus {
         *crate_lock(&self.shared.status)
+    }
+
+    /// Leader changes this member has seen.
+    pub fn leader_changes(&self) -> u64 {
+        self.shared.leader_changes.load(Ordering::Relaxed)
     }
 
     /// The WAL's counters (syncs, bytes, sync durations) as of the last Ready.
@@ -257,56 +310,27 @@ impl<O> Drop for Node<O> {
     }
 }
 
-fn crate_lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Proposal ids start at the boot time in nanoseconds, so a restarted node never mistakes
-/// an entry proposed before the restart for one of its new proposals.
-fn boot_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-}
-
 /// Committed entries on their way to the applier, with the proposers waiting on them.
-struct ApplyBatch<O> {
+struct ApplyJob<O> {
     entries: Vec<Entry>,
     /// (position in `entries`, proposer)
     waiters: Vec<(usize, Reply<O>)>,
     conf_state: ConfState,
 }
 
-/// Readers sharing one ReadIndex request.
-struct ReadRound {
-    txs: Vec<Reply<u64>>,
-    /// The term it was asked in: a new term (or leader) loses it.
-    term: u64,
-    /// Ticks since it was (re)issued.
-    ticks: usize,
-}
-
 struct Loop<O, T> {
-    raw: RawNode<LogStore>,
+    core: Core<WalDisk>,
     inbox: Receiver<Msg<O>>,
     /// Closed at shutdown, before the inbox is drained.
     gate: Inbox<O>,
-    apply: SyncSender<ApplyBatch<O>>,
+    waker: Arc<InboxWaker<O>>,
+    apply: SyncSender<ApplyJob<O>>,
     transport: T,
     shared: Arc<Shared>,
-    waiters: HashMap<u64, Reply<O>>,
-    next_proposal: u64,
-    /// Proposals held while no leader is known.
-    held: Vec<(Vec<u8>, Reply<O>)>,
-    reads_waiting: Vec<Reply<u64>>,
-    reads_inflight: HashMap<u64, ReadRound>,
-    next_read: u64,
+    proposals: HashMap<RequestId, Reply<O>>,
+    reads: HashMap<RequestId, Reply<u64>>,
+    ids: IdGen,
     tick: Duration,
-    /// A ReadIndex request unanswered this long is asked again: raft-rs drops one that
-    /// reaches a leader before it has committed in its term, or that is lost on the way.
-    read_retry_ticks: usize,
-    pending_max: usize,
-    applied_term: u64,
     last_leader: u64,
 }
 
@@ -331,21 +355,16 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
                 }
             }
             if Instant::now() >= next_tick {
-                self.raw.tick();
-                self.retry_reads();
+                self.core.tick();
                 next_tick = Instant::now() + self.tick;
             }
-            self.start_reads();
-            let mut r = self.on_ready();
-            // A new leader's first commit in its term lets the reads held for it start.
-            if r.is_ok() && self.start_reads() {
-                r = self.on_ready();
-            }
+            let r = self.core.ready().and_then(|fx| self.effects(fx));
             if let Err(e) = r {
                 self.fail(format!("raft loop: {e}"));
                 break;
             }
-            if self.shared.fatal.lock().is_ok_and(|f| f.is_some()) {
+            self.publish_status();
+            if crate_lock(&self.shared.fatal).is_some() {
                 break;
             }
         }
@@ -355,220 +374,83 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
     /// Returns true on Stop.
     fn handle(&mut self, m: Msg<O>) -> bool {
         match m {
-            Msg::Propose { data, tx } => self.propose(data, tx),
-            Msg::ReadIndex { tx } => self.reads_waiting.push(tx),
-            Msg::Step(m) => {
-                if let Err(e) = self.raw.step(*m) {
-                    tracing::debug!("raft: step: {e}");
-                }
+            Msg::Propose { data, tx } => {
+                let req = self.ids.next_id();
+                self.proposals.insert(req, tx);
+                self.core.propose(req, data);
             }
+            Msg::ReadIndex { tx } => {
+                let req = self.ids.next_id();
+                self.reads.insert(req, tx);
+                self.core.read_index(req);
+            }
+            Msg::Step(m) => self.core.step(*m),
+            Msg::Unreachable(id) => self.core.report_unreachable(id),
+            Msg::SnapshotDone(id, ok) => self.core.report_snapshot(id, ok),
+            Msg::TransferLeader(to) => self.core.transfer_leader(to),
             Msg::Compact(index, term) => {
-                if let Err(e) = self.raw.mut_store().compact(index, term) {
+                if let Err(e) = self.core.compact(index, term) {
                     self.fail(format!("compacting the raft log: {e}"));
                 }
             }
+            Msg::Wake => self.waker.pending.store(false, Ordering::Release),
             Msg::Stop => return true,
         }
         false
     }
 
-    fn propose(&mut self, data: Vec<u8>, tx: Reply<O>) {
-        if self.raw.raft.leader_id == 0 {
-            if self.held.len() >= self.pending_max {
-                let _ = tx.send(Err(Error::TooManyPending));
-            } else {
-                self.held.push((data, tx));
-            }
-            return;
+    fn effects(&mut self, fx: Effects) -> Result<()> {
+        if !fx.messages.is_empty() {
+            self.transport.send(fx.messages);
         }
-        let id = self.next_proposal;
-        self.next_proposal += 1;
-        match self.raw.propose(id.to_le_bytes().to_vec(), data) {
-            Ok(()) => {
-                self.waiters.insert(id, tx);
-            }
-            Err(raft::Error::ProposalDropped) => {
-                let _ = tx.send(Err(Error::NoLeader));
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e.into()));
+        for batch in fx.apply {
+            self.hand_off(batch)?;
+        }
+        for (req, r) in fx.replies {
+            if let Some(tx) = self.reads.remove(&req) {
+                let _ = tx.send(r);
+            } else if let Some(tx) = self.proposals.remove(&req) {
+                let _ = tx.send(r.and_then(|_| {
+                    Err(Error::Raft(
+                        "a proposal was answered with a read index".into(),
+                    ))
+                }));
             }
         }
-    }
-
-    /// Whether a ReadIndex request asked now can be answered: a leader is known, and if it
-    /// is this node, it has committed an entry in its term (raft-rs drops the request
-    /// otherwise).
-    fn can_read(&self) -> bool {
-        let r = &self.raw.raft;
-        r.leader_id != 0 && (r.state != StateRole::Leader || r.commit_to_current_term())
-    }
-
-    /// Starts one ReadIndex round for every reader waiting; returns whether it did.
-    fn start_reads(&mut self) -> bool {
-        if self.reads_waiting.is_empty() || !self.can_read() {
-            return false;
-        }
-        let id = self.next_read;
-        self.next_read += 1;
-        let round = ReadRound {
-            txs: std::mem::take(&mut self.reads_waiting),
-            term: self.raw.raft.term,
-            ticks: 0,
-        };
-        self.reads_inflight.insert(id, round);
-        self.raw.read_index(id.to_le_bytes().to_vec());
-        true
-    }
-
-    /// Asks again for rounds unanswered for `read_retry_ticks`. A repeated request is
-    /// harmless: the first answer completes the round, later ones find nothing.
-    fn retry_reads(&mut self) {
-        if self.reads_inflight.is_empty() || !self.can_read() {
-            return;
-        }
-        let mut again = Vec::new();
-        for (id, round) in &mut self.reads_inflight {
-            round.ticks += 1;
-            if round.ticks >= self.read_retry_ticks {
-                round.ticks = 0;
-                again.push(*id);
-            }
-        }
-        for id in again {
-            self.raw.read_index(id.to_le_bytes().to_vec());
-        }
-    }
-
-    fn on_ready(&mut self) -> Result<()> {
-        if !self.raw.has_ready() {
-            return Ok(());
-        }
-        let mut rd = self.raw.ready();
-        if !rd.messages().is_empty() {
-            self.transport.send(rd.take_messages());
-        }
-        if !rd.snapshot().is_empty() {
-            return Err(Error::Raft(
-                "installing a snapshot from a peer is not supported yet".into(),
-            ));
-        }
-        for rs in rd.take_read_states() {
-            self.finish_read(&rs.request_ctx, Ok(rs.index));
-        }
-        self.hand_off(rd.take_committed_entries())?;
-        let store = self.raw.mut_store();
-        let mut last = store.append(rd.entries())?;
-        if let Some(hs) = rd.hs() {
-            last = Some(store.set_hard_state(hs)?);
-        }
-        // One wait covers the whole batch: the WAL completes appends in order.
-        if let Some(h) = last {
-            h.wait()?;
-        }
-        if !rd.persisted_messages().is_empty() {
-            self.transport.send(rd.take_persisted_messages());
-        }
-        let mut light = self.raw.advance(rd);
-        if let Some(c) = light.commit_index() {
-            self.raw.mut_store().set_commit(c);
-        }
-        if !light.messages().is_empty() {
-            self.transport.send(light.take_messages());
-        }
-        self.hand_off(light.take_committed_entries())?;
-        self.raw.advance_apply();
-        self.publish_status();
         Ok(())
     }
 
-    fn hand_off(&mut self, entries: Vec<Entry>) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
+    fn hand_off(&mut self, batch: ApplyBatch) -> Result<()> {
         let mut waiters = Vec::new();
-        for (i, e) in entries.iter().enumerate() {
-            match e.entry_type {
-                EntryType::EntryNormal => {
-                    if let Ok(ctx) = <[u8; 8]>::try_from(&e.context[..])
-                        && let Some(tx) = self.waiters.remove(&u64::from_le_bytes(ctx))
-                    {
-                        waiters.push((i, tx));
-                    }
-                }
-                EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&e.data).map_err(Error::codec)?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(cs);
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(Error::codec)?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.raw.mut_store().set_conf_state(cs);
-                }
+        for (i, e) in batch.entries.iter().enumerate() {
+            if e.entry_type == EntryType::EntryNormal
+                && let Some(req) = ApplyBatch::request_id(e)
+                && let Some(tx) = self.proposals.remove(&req)
+            {
+                waiters.push((i, tx));
             }
         }
-        self.applied_term = entries.last().map_or(self.applied_term, |e| e.term);
-        // Handed-off entries live on in the WAL; memory keeps only a short tail of them.
-        if let Some(last) = entries.last() {
-            self.raw.mut_store().trim_memory(last.index)?;
-        }
-        let batch = ApplyBatch {
-            entries,
+        let job = ApplyJob {
+            entries: batch.entries,
             waiters,
-            conf_state: self.raw.store().conf_state().clone(),
+            conf_state: batch.conf_state,
         };
         self.apply
-            .send(batch)
+            .send(job)
             .map_err(|_| Error::Fatal("the applier has stopped".into()))
     }
 
-    fn finish_read(&mut self, ctx: &[u8], r: Result<u64>) {
-        let Ok(ctx) = <[u8; 8]>::try_from(ctx) else {
-            return;
-        };
-        if let Some(round) = self.reads_inflight.remove(&u64::from_le_bytes(ctx)) {
-            for tx in round.txs {
-                let _ = tx.send(r.clone());
-            }
-        }
-    }
-
     fn publish_status(&mut self) {
-        let r = &self.raw.raft;
-        let st = NodeStatus {
-            id: r.id,
-            leader: r.leader_id,
-            term: r.term,
-            commit: r.raft_log.committed,
-            is_leader: r.state == StateRole::Leader,
-        };
+        let st = self.core.status();
         *crate_lock(&self.shared.status) = st;
-        *crate_lock(&self.shared.wal_stats) = self.raw.store().wal().stats();
-        // Reads asked in an earlier term, or with no leader now, never complete (raft-rs
-        // forgets them, or ignores the old term's answer); their readers retry.
-        let lost: Vec<u64> = self
-            .reads_inflight
-            .iter()
-            .filter(|(_, r)| r.term != st.term || st.leader == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in lost {
-            let round = self.reads_inflight.remove(&id).expect("listed above");
-            for tx in round.txs {
-                let _ = tx.send(Err(Error::NoLeader));
-            }
-        }
+        *crate_lock(&self.shared.wal_stats) = self.core.log().disk().wal().stats();
+        self.shared
+            .leader_changes
+            .store(self.core.leader_changes(), Ordering::Relaxed);
         if st.leader != self.last_leader {
             self.last_leader = st.leader;
-            tracing::info!(leader = st.leader, term = st.term, "raft: leader changed");
             // Proposers that gave up leave their entries behind; forget them.
-            self.waiters.retain(|_, tx| !tx.is_closed());
-            if st.leader != 0 {
-                for (data, tx) in std::mem::take(&mut self.held) {
-                    self.propose(data, tx);
-                }
-            }
+            self.proposals.retain(|_, tx| !tx.is_closed());
         }
     }
 
@@ -585,19 +467,12 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
             Some(why) => Error::Fatal(why),
             None => Error::Stopped,
         };
-        for (_, tx) in self.waiters.drain() {
+        let _ = self.core.take_waiting();
+        for (_, tx) in self.proposals.drain() {
             let _ = tx.send(Err(err.clone()));
         }
-        for (_, tx) in self.held.drain(..) {
+        for (_, tx) in self.reads.drain() {
             let _ = tx.send(Err(err.clone()));
-        }
-        for tx in self.reads_waiting.drain(..) {
-            let _ = tx.send(Err(err.clone()));
-        }
-        for (_, round) in self.reads_inflight.drain() {
-            for tx in round.txs {
-                let _ = tx.send(Err(err.clone()));
-            }
         }
         // Close the gate, then answer what got in before it closed.
         drop(crate_lock(&self.gate).take());
@@ -609,17 +484,17 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
                 Msg::ReadIndex { tx } => {
                     let _ = tx.send(Err(err.clone()));
                 }
-                Msg::Step(_) | Msg::Compact(..) | Msg::Stop => {}
+                _ => {}
             }
         }
         // Dropping the apply sender lets the applier finish what it has and end; the WAL
-        // closes with the store when `raw` drops.
+        // closes with the log when the core drops.
     }
 }
 
 fn run_applier<S: StateMachine>(
     mut sm: S,
-    rx: Receiver<ApplyBatch<S::Output>>,
+    rx: Receiver<ApplyJob<S::Output>>,
     applied_tx: watch::Sender<u64>,
     shared: Arc<Shared>,
 ) {
