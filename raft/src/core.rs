@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::task::Waker;
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::prelude::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -61,20 +63,37 @@ impl ApplyBatch {
     }
 }
 
+/// What the state machine must take next.
+#[derive(Debug)]
+pub enum Apply {
+    /// Committed entries, in order.
+    Entries(ApplyBatch),
+    /// The leader's snapshot, accepted by raft: replace the state with the data received
+    /// with it (at the snapshot's index), durably, then call [`Core::snapshot_installed`].
+    Snapshot(Snapshot),
+}
+
 /// What the driver must do after feeding the core.
 #[derive(Debug, Default)]
 pub struct Effects {
     /// Messages for peers, in the order raft-rs produced them (per peer, order matters).
     pub messages: Vec<Message>,
-    /// Committed entries for the state machine, in order.
-    pub apply: Vec<ApplyBatch>,
+    /// Snapshots to send (`MsgSnapshot`, metadata only): the driver attaches the state
+    /// machine's data and its position, sends them out of band, and reports the outcome
+    /// with [`Core::report_snapshot`].
+    pub snapshots: Vec<Message>,
+    /// What the state machine applies, in order.
+    pub apply: Vec<Apply>,
     /// Answers: a read's index (apply up to it, then read), or a request that failed.
     pub replies: Vec<(RequestId, Result<u64>)>,
 }
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.apply.is_empty() && self.replies.is_empty()
+        self.messages.is_empty()
+            && self.snapshots.is_empty()
+            && self.apply.is_empty()
+            && self.replies.is_empty()
     }
 }
 
@@ -96,6 +115,10 @@ struct Unpersisted {
     number: u64,
     /// Messages that may leave only once it is durable (votes, append responses).
     messages: Vec<Message>,
+    /// A snapshot at this index that the state machine has yet to install.
+    install: Option<u64>,
+    /// The snapshot's index, applied once the Ready is persisted.
+    snapshot: Option<u64>,
 }
 
 /// Readies handled per call of [`Core::ready`]; more wait for the next call.
@@ -306,17 +329,23 @@ impl<D: LogDisk> Core<D> {
                 break;
             }
             let mut rd = self.raw.ready();
-            fx.messages.extend(rd.take_messages());
+            self.route(rd.take_messages(), &mut fx);
+            let mut install = None;
             if !rd.snapshot().is_empty() {
-                return Err(Error::Raft(
-                    "installing a snapshot from a peer is not supported yet".into(),
-                ));
+                let snap = rd.snapshot().clone();
+                let index = snap.get_metadata().index;
+                self.raw.mut_store().apply_snapshot(&snap)?;
+                fx.apply.push(Apply::Snapshot(snap));
+                install = Some(index);
             }
             for rs in rd.take_read_states() {
                 self.finish_read(&rs.request_ctx, Ok(rs.index));
             }
             let handed = self.hand_off(rd.take_committed_entries(), &mut fx)?;
-            let seq = self.raw.mut_store().append(rd.entries(), rd.hs())?;
+            let mut seq = self.raw.mut_store().append(rd.entries(), rd.hs())?;
+            if install.is_some() && seq.is_none() {
+                seq = Some(self.raw.store().last_seq());
+            }
             let messages = rd.take_persisted_messages();
             let number = rd.number();
             self.raw.advance_append_async(rd);
@@ -330,10 +359,12 @@ impl<D: LogDisk> Core<D> {
                     seq,
                     number,
                     messages,
+                    install,
+                    snapshot: install,
                 }),
                 None => {
                     self.raw.on_persist_ready(number);
-                    fx.messages.extend(messages);
+                    self.route(messages, &mut fx);
                 }
             }
         }
@@ -354,15 +385,46 @@ impl<D: LogDisk> Core<D> {
             .disk_mut()
             .durable(self.waker.as_ref())?;
         let mut last = None;
-        while self.unpersisted.front().is_some_and(|u| u.seq <= durable) {
+        let mut snapshot = None;
+        // A Ready that carries a snapshot counts as persisted only once the state machine
+        // holds its data too: the member acknowledges nothing it could lose.
+        while self
+            .unpersisted
+            .front()
+            .is_some_and(|u| u.seq <= durable && u.install.is_none())
+        {
             let u = self.unpersisted.pop_front().expect("checked above");
-            fx.messages.extend(u.messages);
+            self.route(u.messages, fx);
             last = Some(u.number);
+            snapshot = u.snapshot.or(snapshot);
         }
         if let Some(n) = last {
             self.raw.on_persist_ready(n);
         }
+        if let Some(index) = snapshot {
+            self.raw.advance_apply_to(index);
+        }
         Ok(())
+    }
+
+    /// Snapshots go to the driver, which attaches the data; the rest go as they are.
+    fn route(&mut self, msgs: Vec<Message>, fx: &mut Effects) {
+        for m in msgs {
+            if m.msg_type == MessageType::MsgSnapshot {
+                fx.snapshots.push(m);
+            } else {
+                fx.messages.push(m);
+            }
+        }
+    }
+
+    /// The state machine holds the data of the snapshot at `index`, durably.
+    pub fn snapshot_installed(&mut self, index: u64) {
+        for u in &mut self.unpersisted {
+            if u.install == Some(index) {
+                u.install = None;
+            }
+        }
     }
 
     /// Applies conf changes to raft-rs as they are handed off and queues the batch.
@@ -388,10 +450,10 @@ impl<D: LogDisk> Core<D> {
         }
         // Handed-off entries live on on the disk; memory keeps only a short tail of them.
         self.raw.mut_store().trim_memory(last)?;
-        fx.apply.push(ApplyBatch {
+        fx.apply.push(Apply::Entries(ApplyBatch {
             entries,
             conf_state: self.raw.store().conf_state().clone(),
-        });
+        }));
         Ok(Some(last))
     }
 

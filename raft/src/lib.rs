@@ -26,12 +26,14 @@ mod node;
 
 use std::time::Duration;
 
-pub use crate::core::{ApplyBatch, Core, CoreConfig, Effects, RequestId};
+pub use crate::core::{Apply, ApplyBatch, Core, CoreConfig, Effects, RequestId};
 pub use disk::{MemDisk, WalDisk};
 pub use log::{Log, LogDisk, RETAINED_ENTRIES, Replay};
 pub use node::{Node, NodeStatus};
 pub use raft::StateRole;
-pub use raft::prelude::{ConfState, Entry, EntryType, HardState, Message, MessageType};
+pub use raft::prelude::{
+    ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
+};
 
 use etch_engine::wal;
 use protobuf::Message as _;

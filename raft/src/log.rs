@@ -123,7 +123,18 @@ impl Replay {
             RecordKind::State => {
                 self.hard_state = HardState::parse_from_bytes(payload).map_err(Error::codec)?;
             }
-            RecordKind::Snapshot => self.snap = Some(decode_snapshot_record(payload)?),
+            RecordKind::Snapshot => {
+                let (idx, term, cs) = decode_snapshot_record(payload)?;
+                // Entries the snapshot covers are held by the state machine (a compaction)
+                // or replaced by its data (an install, which a truncate record follows).
+                while self.entries.front().is_some_and(|e| e.index <= idx) {
+                    self.entries.pop_front();
+                }
+                if self.entries.is_empty() {
+                    self.first = self.applied_index.max(idx) + 1;
+                }
+                self.snap = Some((idx, term, cs));
+            }
             RecordKind::Truncate => {
                 while self.entries.back().is_some_and(|b| b.index >= index) {
                     self.entries.pop_back();
@@ -141,15 +152,26 @@ impl Replay {
         initial_conf: ConfState,
     ) -> Result<Log<D>> {
         let mut hard_state = self.hard_state;
-        // The disk's snapshot record is never ahead of the state machine: it is written
-        // only once the state machine holds everything below it.
+        let mut entries = self.entries;
+        let mut disk = disk;
+        // A snapshot record ahead of the state machine is an install from the leader that
+        // did not reach the state machine's durable data before a crash. Nothing after it
+        // was acknowledged (the install is confirmed before its Ready counts as
+        // persisted), so the log restarts at the state machine's position, and the leader
+        // sends the snapshot again. A fresh record says so for the next replay.
         if let Some((idx, _, _)) = &self.snap
             && *idx > applied.index
         {
-            return Err(Error::Corrupt(format!(
-                "the log was compacted to entry {idx} but the state machine holds only up to {}",
-                applied.index
-            )));
+            tracing::warn!(
+                snapshot = idx,
+                applied = applied.index,
+                "raft log: a snapshot install did not complete before the stop; asking again"
+            );
+            entries.clear();
+            let record = encode_snapshot_record(applied.index, applied.term, &applied.conf_state)?;
+            disk.write(RecordKind::Snapshot, applied.index, &record)?;
+            disk.write_sync(RecordKind::Truncate, applied.index + 1, &[])?;
+            hard_state.commit = hard_state.commit.min(applied.index);
         }
         let conf_state = if applied.index == 0 && applied.conf_state == ConfState::default() {
             initial_conf
@@ -161,7 +183,7 @@ impl Replay {
         if hard_state.commit < applied.index {
             hard_state.commit = applied.index;
         }
-        let last = self.entries.back().map_or(applied.index, |e| e.index);
+        let last = entries.back().map_or(applied.index, |e| e.index);
         if hard_state.commit > last {
             return Err(Error::Corrupt(format!(
                 "commit index {} is beyond the last log entry {last}",
@@ -170,7 +192,7 @@ impl Replay {
         }
         tracing::info!(
             applied = applied.index,
-            entries = self.entries.len(),
+            entries = entries.len(),
             term = hard_state.term,
             commit = hard_state.commit,
             backend = disk.backend(),
@@ -182,7 +204,7 @@ impl Replay {
             conf_state,
             snap_index: applied.index,
             snap_term: applied.term,
-            entries: self.entries,
+            entries,
             disk_compacted: applied.index,
             last_seq: 0,
         })
@@ -278,6 +300,11 @@ impl<D: LogDisk> Log<D> {
         Ok(seq)
     }
 
+    /// Sequence number of the last record written.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
     /// Whether everything written so far is durable.
     pub fn all_durable(&mut self) -> Result<bool> {
         Ok(self.disk.durable(None)? >= self.last_seq)
@@ -305,6 +332,27 @@ impl<D: LogDisk> Log<D> {
         self.disk_compacted = index;
         tracing::debug!(index, "raft log compacted");
         Ok(())
+    }
+
+    /// Replaces the log with a snapshot's position: the state machine is being given the
+    /// data up to `snap`'s index, so every entry goes, and the disk records the new start
+    /// (a snapshot record, then a truncate so the next entry may follow it). Returns the
+    /// sequence number that covers it.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<u64> {
+        let m = snap.get_metadata();
+        self.entries.clear();
+        self.snap_index = m.index;
+        self.snap_term = m.term;
+        self.conf_state = m.get_conf_state().clone();
+        if self.hard_state.commit < m.index {
+            self.hard_state.commit = m.index;
+        }
+        let record = encode_snapshot_record(m.index, m.term, &self.conf_state)?;
+        self.disk.write(RecordKind::Snapshot, m.index, &record)?;
+        let seq = self.disk.write(RecordKind::Truncate, m.index + 1, &[])?;
+        self.disk_compacted = m.index;
+        self.last_seq = seq;
+        Ok(seq)
     }
 
     /// Drops from memory the entries more than `RETAINED_ENTRIES` below `applied` (handed
@@ -387,11 +435,14 @@ impl<D: LogDisk> raft::Storage for Log<D> {
         Ok(Log::last_index(self))
     }
 
+    /// Only the metadata: the data travels out of band. The driver sends the state
+    /// machine's own position (never below this one) with the data it streams.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Shipping the state machine's data to a lagging peer is not built yet; until then
-        // a peer that needs a snapshot waits, and raft-rs asks again later.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let mut s = Snapshot::default();
+        let m = s.mut_metadata();
+        m.index = self.snap_index;
+        m.term = self.snap_term;
+        m.set_conf_state(self.conf_state.clone());
+        Ok(s)
     }
 }

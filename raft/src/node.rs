@@ -13,7 +13,7 @@ use etch_engine::wal::WalStats;
 use raft::prelude::{ConfState, Entry, EntryType, Message};
 use tokio::sync::{oneshot, watch};
 
-use crate::core::{ApplyBatch, Core, CoreConfig, Effects, RequestId};
+use crate::core::{Apply, ApplyBatch, Core, CoreConfig, Effects, RequestId};
 use crate::disk::WalDisk;
 use crate::{
     Applied, Committed, Config, Error, IdGen, Result, StateMachine, Transport, crate_lock,
@@ -403,8 +403,22 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
         if !fx.messages.is_empty() {
             self.transport.send(fx.messages);
         }
-        for batch in fx.apply {
-            self.hand_off(batch)?;
+        for m in fx.snapshots {
+            // The peer transport does not carry snapshots yet: the peer is told it failed
+            // and raft asks again later.
+            tracing::warn!(to = m.to, "raft: sending snapshots is not supported yet");
+            self.core.report_snapshot(m.to, false);
+        }
+        for a in fx.apply {
+            match a {
+                Apply::Entries(batch) => self.hand_off(batch)?,
+                Apply::Snapshot(s) => {
+                    return Err(Error::Raft(format!(
+                        "installing a snapshot from a peer (index {}) is not supported yet",
+                        s.get_metadata().index
+                    )));
+                }
+            }
         }
         for (req, r) in fx.replies {
             if let Some(tx) = self.reads.remove(&req) {
