@@ -7,6 +7,7 @@
 //! number of requests apply, each getting its own main revision when it writes.
 
 mod compact;
+mod install;
 mod keys;
 mod read;
 mod write;
@@ -262,15 +263,9 @@ pub(crate) fn be_i64(v: Option<&[u8]>) -> Result<i64> {
     }
 }
 
-impl Store {
-    /// Opens the store in the data file at `path`. Reads only a few pages: nothing is
-    /// loaded in proportion to the data.
-    pub fn open(path: &Path, opts: btree::Options) -> Result<Store> {
-        Store::from_db(Db::open(path, opts)?)
-    }
-
-    pub fn from_db(db: Db) -> Result<Store> {
-        let r = db.begin_read()?;
+impl Revs {
+    /// The revisions a version of the data holds.
+    pub(crate) fn of(r: &ReadTxn) -> Result<Revs> {
         let mut revs = Revs::default();
         if let Some(meta) = r.tree(META)? {
             revs.compact = be_i64(meta.get(META_COMPACT)?)?;
@@ -290,7 +285,19 @@ impl Store {
         // The store starts at revision 1; compaction never removes the current revision's
         // record unless it was compacted at exactly that revision.
         revs.current = last.max(revs.compact).max(1);
-        drop(r);
+        Ok(revs)
+    }
+}
+
+impl Store {
+    /// Opens the store in the data file at `path`. Reads only a few pages: nothing is
+    /// loaded in proportion to the data.
+    pub fn open(path: &Path, opts: btree::Options) -> Result<Store> {
+        Store::from_db(Db::open(path, opts)?)
+    }
+
+    pub fn from_db(db: Db) -> Result<Store> {
+        let revs = Revs::of(&db.begin_read()?)?;
         Ok(Store {
             db,
             revs: Arc::new(Mutex::new(revs)),
