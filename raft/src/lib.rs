@@ -140,6 +140,16 @@ pub trait StateMachine: Send + 'static {
         entries: &[Committed<'_>],
         applied: &Applied,
     ) -> std::result::Result<Vec<Self::Output>, String>;
+
+    /// Replaces the state with the leader's snapshot `snap` (its data came out of band,
+    /// through the transport), durably, and returns the position the new state holds
+    /// (the snapshot's). An error is fatal, as for `apply`.
+    fn install(&mut self, snap: &Snapshot) -> std::result::Result<Applied, String> {
+        Err(format!(
+            "this state machine cannot install snapshots (index {})",
+            snap.get_metadata().index
+        ))
+    }
 }
 
 /// Carries raft messages to peers. Sending must not block for long; a message that cannot
@@ -148,6 +158,14 @@ pub trait StateMachine: Send + 'static {
 /// [`Node::report_snapshot`]).
 pub trait Transport: Send + 'static {
     fn send(&mut self, msgs: Vec<Message>);
+
+    /// Sends a `MsgSnapshot` (metadata only) with the state machine's data, out of band,
+    /// and later reports the outcome through [`Node::report_snapshot`]. Returns false if
+    /// it cannot (the node then reports the failure at once).
+    fn send_snapshot(&mut self, msg: Message) -> bool {
+        tracing::warn!(to = msg.to, "raft: this transport does not send snapshots");
+        false
+    }
 }
 
 /// Request ids unique across members and restarts, laid out as etcd's idutil lays them
@@ -222,4 +240,15 @@ impl Config {
             pending_max: 16 * 1024,
         }
     }
+}
+
+/// A raft message in raft-rs's protobuf encoding, for a transport to carry.
+pub fn encode_message(m: &Message) -> Vec<u8> {
+    m.write_to_bytes()
+        .expect("encoding a raft message cannot fail")
+}
+
+/// Decodes what [`encode_message`] made.
+pub fn decode_message(b: &[u8]) -> Result<Message> {
+    Message::parse_from_bytes(b).map_err(Error::codec)
 }

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etch_engine::wal::WalStats;
-use raft::prelude::{ConfState, Entry, EntryType, Message};
+use raft::prelude::{ConfState, Entry, EntryType, Message, Snapshot};
 use tokio::sync::{oneshot, watch};
 
 use crate::core::{Apply, ApplyBatch, Core, CoreConfig, Effects, RequestId};
@@ -46,6 +46,8 @@ enum Msg<O> {
     Compact(u64, u64),
     /// The WAL made something durable.
     Wake,
+    /// The applier installed the snapshot at this index.
+    Installed(u64),
     Stop,
 }
 
@@ -149,14 +151,18 @@ impl<O: Send + 'static> Node<O> {
             pending: AtomicBool::new(false),
         });
         core.set_waker(Waker::from(waker.clone()));
+        let installed_tx = Mutex::new(inbox_tx.clone());
         let inbox: Inbox<O> = Arc::new(Mutex::new(Some(inbox_tx)));
         let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE_MAX);
         let (applied_tx, applied_rx) = watch::channel(applied.index);
         let applier = {
             let shared = shared.clone();
+            let installed = move |index| {
+                let _ = crate_lock(&installed_tx).send(Msg::Installed(index));
+            };
             std::thread::Builder::new()
                 .name("etch-apply".into())
-                .spawn(move || run_applier(sm, apply_rx, applied_tx, shared))
+                .spawn(move || run_applier(sm, apply_rx, applied_tx, shared, installed))
                 .expect("spawning the applier thread")
         };
         let looper = {
@@ -311,11 +317,18 @@ impl<O> Drop for Node<O> {
 }
 
 /// Committed entries on their way to the applier, with the proposers waiting on them.
-struct ApplyJob<O> {
+struct ApplyBatchOut<O> {
     entries: Vec<Entry>,
     /// (position in `entries`, proposer)
     waiters: Vec<(usize, Reply<O>)>,
     conf_state: ConfState,
+}
+
+/// What the applier takes, in order.
+enum ApplyJob<O> {
+    Entries(ApplyBatchOut<O>),
+    /// A snapshot to install; the loop hears back through `Msg::Installed`.
+    Snapshot(Snapshot),
 }
 
 struct Loop<O, T> {
@@ -394,6 +407,7 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
                 }
             }
             Msg::Wake => self.waker.pending.store(false, Ordering::Release),
+            Msg::Installed(index) => self.core.snapshot_installed(index),
             Msg::Stop => return true,
         }
         false
@@ -404,20 +418,19 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
             self.transport.send(fx.messages);
         }
         for m in fx.snapshots {
-            // The peer transport does not carry snapshots yet: the peer is told it failed
-            // and raft asks again later.
-            tracing::warn!(to = m.to, "raft: sending snapshots is not supported yet");
-            self.core.report_snapshot(m.to, false);
+            let to = m.to;
+            if !self.transport.send_snapshot(m) {
+                // raft asks again later.
+                self.core.report_snapshot(to, false);
+            }
         }
         for a in fx.apply {
             match a {
                 Apply::Entries(batch) => self.hand_off(batch)?,
-                Apply::Snapshot(s) => {
-                    return Err(Error::Raft(format!(
-                        "installing a snapshot from a peer (index {}) is not supported yet",
-                        s.get_metadata().index
-                    )));
-                }
+                Apply::Snapshot(s) => self
+                    .apply
+                    .send(ApplyJob::Snapshot(s))
+                    .map_err(|_| Error::Fatal("the applier has stopped".into()))?,
             }
         }
         for (req, r) in fx.replies {
@@ -444,13 +457,13 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
                 waiters.push((i, tx));
             }
         }
-        let job = ApplyJob {
+        let job = ApplyBatchOut {
             entries: batch.entries,
             waiters,
             conf_state: batch.conf_state,
         };
         self.apply
-            .send(job)
+            .send(ApplyJob::Entries(job))
             .map_err(|_| Error::Fatal("the applier has stopped".into()))
     }
 
@@ -511,82 +524,126 @@ fn run_applier<S: StateMachine>(
     rx: Receiver<ApplyJob<S::Output>>,
     applied_tx: watch::Sender<u64>,
     shared: Arc<Shared>,
+    installed: impl Fn(u64),
 ) {
-    while let Ok(first) = rx.recv() {
-        // Everything already queued applies as one state-machine transaction.
-        let mut batches = vec![first];
-        while let Ok(b) = rx.try_recv() {
-            batches.push(b);
-            if batches.len() >= APPLY_QUEUE_MAX {
-                break;
-            }
-        }
-        let last = batches
-            .last()
-            .and_then(|b| b.entries.last())
-            .expect("apply batches are never empty");
-        let applied = Applied {
-            index: last.index,
-            term: last.term,
-            conf_state: batches.last().expect("non-empty").conf_state.clone(),
+    let mut next: Option<ApplyJob<S::Output>> = None;
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
         };
-        let mut committed = Vec::new();
-        let mut waiters = Vec::new();
-        for b in &mut batches {
-            // Entry position in the batch → position among the entries applied.
-            let mut pos_of = vec![None; b.entries.len()];
-            for (i, e) in b.entries.iter().enumerate() {
-                if e.entry_type == EntryType::EntryNormal && !e.data.is_empty() {
-                    pos_of[i] = Some(committed.len());
-                    committed.push(Committed {
-                        index: e.index,
-                        term: e.term,
-                        data: &e.data,
-                    });
+        let failed = match job {
+            ApplyJob::Snapshot(snap) => {
+                let index = snap.get_metadata().index;
+                match sm.install(&snap) {
+                    Ok(applied) => {
+                        applied_tx.send_replace(applied.index);
+                        installed(index);
+                        None
+                    }
+                    Err(why) => Some(format!("installing the snapshot at {index}: {why}")),
                 }
             }
-            for (i, tx) in b.waiters.drain(..) {
-                match pos_of[i] {
-                    Some(p) => waiters.push((p, tx)),
-                    // An empty proposal has nothing to apply.
-                    None => drop(tx),
+            ApplyJob::Entries(first) => {
+                // Everything already queued applies as one state-machine transaction.
+                let mut batches = vec![first];
+                while batches.len() < APPLY_QUEUE_MAX {
+                    match rx.try_recv() {
+                        Ok(ApplyJob::Entries(b)) => batches.push(b),
+                        Ok(j) => {
+                            next = Some(j);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
+                apply_batches(&mut sm, batches, &applied_tx).err()
             }
-        }
-        match sm.apply(&committed, &applied) {
-            Ok(outputs) => {
-                assert_eq!(
-                    outputs.len(),
-                    committed.len(),
-                    "the state machine returned {} outputs for {} entries",
-                    outputs.len(),
-                    committed.len()
-                );
-                let mut outputs: Vec<Option<S::Output>> = outputs.into_iter().map(Some).collect();
-                drop(committed);
-                applied_tx.send_replace(applied.index);
-                for (p, tx) in waiters {
-                    let out = outputs[p].take().expect("each output goes to one proposer");
-                    let _ = tx.send(Ok(out));
-                }
-            }
-            Err(why) => {
-                let why = format!("applying entries up to {}: {why}", applied.index);
-                tracing::error!("{why}");
-                *crate_lock(&shared.fatal) = Some(why.clone());
-                for (_, tx) in waiters {
-                    let _ = tx.send(Err(Error::Fatal(why.clone())));
-                }
-                // Nothing more may apply: later entries depend on this one. Proposers of
-                // entries already on their way here fail too; the node loop sees the fatal
-                // error and ends, which ends this drain.
-                for mut b in rx.iter() {
+        };
+        if let Some(why) = failed {
+            tracing::error!("{why}");
+            *crate_lock(&shared.fatal) = Some(why.clone());
+            // Nothing more may apply: later entries depend on this one. Proposers of
+            // entries already on their way here fail too; the node loop sees the fatal
+            // error and ends, which ends this drain.
+            for j in next.into_iter().chain(rx.iter()) {
+                if let ApplyJob::Entries(mut b) = j {
                     for (_, tx) in b.waiters.drain(..) {
                         let _ = tx.send(Err(Error::Fatal(why.clone())));
                     }
                 }
-                return;
             }
+            return;
+        }
+    }
+}
+
+/// Applies batches as one state-machine transaction and answers their proposers. On an
+/// error, the proposers of these batches have been failed and the error is returned.
+fn apply_batches<S: StateMachine>(
+    sm: &mut S,
+    mut batches: Vec<ApplyBatchOut<S::Output>>,
+    applied_tx: &watch::Sender<u64>,
+) -> std::result::Result<(), String> {
+    let last = batches
+        .last()
+        .and_then(|b| b.entries.last())
+        .expect("apply batches are never empty");
+    let applied = Applied {
+        index: last.index,
+        term: last.term,
+        conf_state: batches.last().expect("non-empty").conf_state.clone(),
+    };
+    let mut committed = Vec::new();
+    let mut waiters = Vec::new();
+    for b in &mut batches {
+        // Entry position in the batch → position among the entries applied.
+        let mut pos_of = vec![None; b.entries.len()];
+        for (i, e) in b.entries.iter().enumerate() {
+            if e.entry_type == EntryType::EntryNormal && !e.data.is_empty() {
+                pos_of[i] = Some(committed.len());
+                committed.push(Committed {
+                    index: e.index,
+                    term: e.term,
+                    data: &e.data,
+                });
+            }
+        }
+        for (i, tx) in b.waiters.drain(..) {
+            match pos_of[i] {
+                Some(p) => waiters.push((p, tx)),
+                // An empty proposal has nothing to apply.
+                None => drop(tx),
+            }
+        }
+    }
+    match sm.apply(&committed, &applied) {
+        Ok(outputs) => {
+            assert_eq!(
+                outputs.len(),
+                committed.len(),
+                "the state machine returned {} outputs for {} entries",
+                outputs.len(),
+                committed.len()
+            );
+            let mut outputs: Vec<Option<S::Output>> = outputs.into_iter().map(Some).collect();
+            drop(committed);
+            applied_tx.send_replace(applied.index);
+            for (p, tx) in waiters {
+                let out = outputs[p].take().expect("each output goes to one proposer");
+                let _ = tx.send(Ok(out));
+            }
+            Ok(())
+        }
+        Err(why) => {
+            let why = format!("applying entries up to {}: {why}", applied.index);
+            for (_, tx) in waiters {
+                let _ = tx.send(Err(Error::Fatal(why.clone())));
+            }
+            Err(why)
         }
     }
 }
