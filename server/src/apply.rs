@@ -9,10 +9,10 @@ use etch_engine::mvcc::{self, Store};
 use etch_raft::{Applied, Committed, StateMachine};
 use prost::Message as _;
 
+use crate::alarms::{ALARM_TREE, Alarms, alarm_key};
 use crate::convert;
 use crate::errors::EtcdError;
-use crate::lease::Lessor;
-use crate::maintenance::{ALARM_TREE, Alarms, alarm_key};
+use crate::lessor::Lessor;
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etchpb::{InternalRequest, internal_request::Request};
 

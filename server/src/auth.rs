@@ -7,9 +7,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::errors::EtcdError;
+use crate::etch::Etch;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::auth_server::Auth;
-use crate::server::Etch;
 
 #[derive(Debug, Clone)]
 pub struct AuthService {

@@ -12,9 +12,9 @@ use std::time::Duration;
 use crate::apply::WriteResult;
 use crate::config::AutoCompaction;
 use crate::errors::EtcdError;
+use crate::etch::Etch;
 use crate::pb::etcdserverpb::CompactionRequest;
 use crate::pb::etchpb::{InternalRequest, internal_request};
-use crate::server::Etch;
 use prost::Message as _;
 
 const REVISION_MODE_INTERVAL: Duration = Duration::from_secs(300);

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::errors::EtcdError;
+use crate::etch::Etch;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
-use crate::server::Etch;
 
 #[derive(Debug, Clone)]
 pub struct ClusterService {

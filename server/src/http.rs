@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::server::Etch;
+use crate::etch::Etch;
 
 /// How long a health probe waits for its read.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -35,7 +35,7 @@ async fn probe(etch: &Etch, serializable: bool, exclude: &[String]) -> Option<St
         return Some("RAFT NO LEADER".into());
     }
     for (_, a) in etch.alarms.list() {
-        let name = crate::maintenance::alarm_name(a);
+        let name = crate::alarms::alarm_name(a);
         if name == "NONE" {
             continue;
         }
@@ -133,7 +133,17 @@ async fn version() -> axum::response::Response {
 }
 
 async fn metrics(State(etch): State<Arc<Etch>>) -> axum::response::Response {
-    match tokio::task::spawn_blocking(move || crate::metrics::render(&etch)).await {
+    match tokio::task::spawn_blocking(move || {
+        crate::metrics::render(
+            &etch.metrics,
+            &etch.node,
+            &etch.store,
+            etch.cfg.quota_backend_bytes,
+            etch.size_in_use(),
+        )
+    })
+    .await
+    {
         Ok(text) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

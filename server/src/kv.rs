@@ -9,10 +9,10 @@ use tonic::{Request, Response, Status};
 use crate::apply::WriteResult;
 use crate::convert;
 use crate::errors::EtcdError;
+use crate::etch::Etch;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etchpb::{InternalRequest, internal_request};
-use crate::server::Etch;
 use crate::validate;
 
 #[derive(Debug, Clone)]

@@ -1,33 +1,14 @@
-//! `etch`: an etcd-compatible server.
+//! `etch`: an etcd-compatible server, a thin binary over the `etch_server` library.
 //!
-//! `etch [etcd flags]` serves etcd's v3 gRPC API (KV today) from a data dir;
-//! `etch check PATH` verifies a data file (or a data dir's data file).
-
-mod apply;
-mod auth;
-mod autocompact;
-mod cluster;
-mod config;
-mod convert;
-mod errors;
-mod http;
-mod ids;
-mod kv;
-mod lease;
-mod maintenance;
-mod metrics;
-mod pb;
-mod server;
-mod validate;
-mod watch;
+//! `etch [etcd flags]` serves etcd's v3 gRPC API from a data dir;
+//! `etch check PATH` verifies a data file (or a data dir's data file);
+//! `etch snapshot restore FILE --data-dir DIR` builds a data dir from a snapshot.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use etch_engine::btree::{Db, Options};
-
-/// The etcd API version etch speaks and reports.
-pub const ETCD_VERSION: &str = "3.6.0";
+use etch_server::{ETCD_VERSION, config, data_dir};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(server::run(cfg)) {
+    match rt.block_on(etch_server::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -118,7 +99,7 @@ fn snapshot_command(args: &[String]) -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match maintenance::restore(Path::new(&file), Path::new(&dir)) {
+    match data_dir::restore(Path::new(&file), Path::new(&dir)) {
         Ok(()) => {
             println!("restored snapshot {file} into {dir}");
             ExitCode::SUCCESS
@@ -132,7 +113,7 @@ fn snapshot_command(args: &[String]) -> ExitCode {
 
 fn check(path: &Path) -> ExitCode {
     let file = if path.is_dir() {
-        server::db_file(path)
+        data_dir::db_file(path)
     } else {
         path.to_path_buf()
     };

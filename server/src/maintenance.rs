@@ -1,146 +1,24 @@
 //! etcdserverpb.Maintenance: Status, Alarm, Defragment, Hash, HashKV, Snapshot,
-//! MoveLeader, Downgrade; and the alarms (NOSPACE) that gate writes.
+//! MoveLeader, Downgrade.
 
-use std::collections::BTreeSet;
 use std::io::Read as _;
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use etch_engine::btree::{self, Db};
-use etch_engine::mvcc::{Snapshot, Store};
-use prost::Message as _;
+use etch_engine::mvcc::Snapshot;
 use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::apply::WriteResult;
+use crate::alarms::alarm_name;
+use crate::data_dir::{self, copy_data_file};
 use crate::errors::EtcdError;
+use crate::etch::{Etch, propose_alarm};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
-use crate::pb::etchpb::{InternalRequest, internal_request};
-use crate::server::Etch;
 
-/// Meta tree of raised alarms: key = member id (u64 BE) ‖ alarm type (i32 BE).
-pub const ALARM_TREE: &[u8] = b"etch.alarms";
 /// Bytes per snapshot chunk.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
-/// Entries copied per write transaction when copying the data file.
-const COPY_BATCH: usize = 8192;
-
-/// Raised alarms, mirrored in memory from the store.
-#[derive(Debug, Default)]
-pub struct Alarms {
-    set: Mutex<BTreeSet<(u64, i32)>>,
-}
-
-pub fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
-    let mut k = member.to_be_bytes().to_vec();
-    k.extend_from_slice(&alarm.to_be_bytes());
-    k
-}
-
-impl Alarms {
-    pub fn load(store: &Store) -> Result<Arc<Alarms>, String> {
-        let snap = store.read().map_err(|e| e.to_string())?;
-        let mut set = BTreeSet::new();
-        for (k, _) in snap.meta_entries(ALARM_TREE).map_err(|e| e.to_string())? {
-            if k.len() != 12 {
-                return Err("corrupt alarm record in the data file".into());
-            }
-            let m = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
-            let a = i32::from_be_bytes(k[8..].try_into().expect("4 bytes"));
-            set.insert((m, a));
-        }
-        Ok(Arc::new(Alarms {
-            set: Mutex::new(set),
-        }))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BTreeSet<(u64, i32)>> {
-        self.set.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn list(&self) -> Vec<(u64, i32)> {
-        self.lock().iter().copied().collect()
-    }
-
-    pub fn has(&self, alarm: pb::AlarmType) -> bool {
-        self.lock().iter().any(|(_, a)| *a == alarm as i32)
-    }
-
-    pub fn set(&self, member: u64, alarm: i32, on: bool) {
-        let mut s = self.lock();
-        if on {
-            s.insert((member, alarm));
-        } else {
-            s.remove(&(member, alarm));
-        }
-    }
-}
-
-/// etcd's name of an alarm type.
-pub fn alarm_name(a: i32) -> &'static str {
-    match pb::AlarmType::try_from(a) {
-        Ok(pb::AlarmType::Nospace) => "NOSPACE",
-        Ok(pb::AlarmType::Corrupt) => "CORRUPT",
-        _ => "NONE",
-    }
-}
-
-/// Proposes an alarm change.
-pub async fn propose_alarm(
-    etch: &Etch,
-    req: pb::AlarmRequest,
-) -> Result<Vec<(u64, i32)>, EtcdError> {
-    let bytes = InternalRequest {
-        request: Some(internal_request::Request::Alarm(req)),
-    }
-    .encode_to_vec();
-    match etch.propose(bytes).await? {
-        WriteResult::Alarm(v) => Ok(v),
-        other => Err(EtcdError::Internal(format!(
-            "etch: mismatched apply result {other:?}"
-        ))),
-    }
-}
-
-/// Copies the version `snap` reads into a new data file at `dest`: a consistent copy
-/// taken while writes go on.
-pub fn copy_data_file(snap: &Snapshot, dest: &Path) -> Result<(), String> {
-    let src = snap.btree();
-    let db = Db::open(dest, btree::Options::default()).map_err(|e| e.to_string())?;
-    for name in src.tree_names().map_err(|e| e.to_string())? {
-        let tree = src
-            .tree(&name)
-            .map_err(|e| e.to_string())?
-            .ok_or("a tree vanished from a pinned version")?;
-        let mut it = tree.iter();
-        loop {
-            let mut w = db.begin_write().map_err(|e| e.to_string())?;
-            let t = w.open_tree(&name).map_err(|e| e.to_string())?;
-            let mut n = 0;
-            let mut done = true;
-            for e in it.by_ref() {
-                let (k, v) = e.map_err(|e| e.to_string())?;
-                w.put(t, k, v).map_err(|e| e.to_string())?;
-                n += 1;
-                if n >= COPY_BATCH {
-                    done = false;
-                    break;
-                }
-            }
-            w.commit().map_err(|e| e.to_string())?;
-            if done {
-                break;
-            }
-        }
-    }
-    let mut w = db.begin_write().map_err(|e| e.to_string())?;
-    w.set_marker(src.marker()).map_err(|e| e.to_string())?;
-    w.commit().map_err(|e| e.to_string())?;
-    db.close().map_err(|e| e.to_string())
-}
 
 /// crc32 over every tree's name, keys and values at one version (etcd's Hash covers its
 /// whole backend the same way).
@@ -351,7 +229,7 @@ fn stream_snapshot(
 ) -> Result<(), String> {
     let dir = tempfile::Builder::new()
         .prefix("snapshot")
-        .tempdir_in(etch.cfg.data_dir.join("member"))
+        .tempdir_in(data_dir::member_dir(&etch.cfg.data_dir))
         .map_err(|e| format!("creating a snapshot dir: {e}"))?;
     let path = dir.path().join("etch.db");
     let snap = etch.store.read().map_err(|e| e.to_string())?;
@@ -389,50 +267,5 @@ fn stream_snapshot(
         blob: sha.finalize().to_vec(),
         version: crate::ETCD_VERSION.to_string(),
     }));
-    Ok(())
-}
-
-/// `etch snapshot restore FILE --data-dir DIR`: checks the SHA-256 trailer and builds a
-/// new data dir whose first start forms a new cluster from its flags, with the data.
-pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), String> {
-    if data_dir.exists() {
-        return Err(format!("data-dir {:?} exists", data_dir.display()));
-    }
-    let bytes = std::fs::read(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
-    if bytes.len() < 32 {
-        return Err("snapshot file is too short".into());
-    }
-    let (data, sum) = bytes.split_at(bytes.len() - 32);
-    if sha2::Sha256::digest(data).as_slice() != sum {
-        return Err("snapshot file integrity check failed: SHA-256 mismatch".into());
-    }
-    let member = data_dir.join("member");
-    std::fs::create_dir_all(&member).map_err(|e| e.to_string())?;
-    let db_path = crate::server::db_file(data_dir);
-    std::fs::write(&db_path, data).map_err(|e| e.to_string())?;
-    let store = Store::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
-    store
-        .db()
-        .check()
-        .map_err(|e| format!("snapshot data: {e}"))?;
-    let mut tx = store.write().map_err(|e| e.to_string())?;
-    // A new cluster: no Raft history, identity from the flags of the first start.
-    tx.set_marker(&[]).map_err(|e| e.to_string())?;
-    tx.meta_delete(crate::server::CLUSTER_TREE, b"member_id")
-        .map_err(|e| e.to_string())?;
-    tx.meta_delete(crate::server::CLUSTER_TREE, b"cluster_id")
-        .map_err(|e| e.to_string())?;
-    for (k, _) in store
-        .read()
-        .map_err(|e| e.to_string())?
-        .meta_entries(ALARM_TREE)
-        .map_err(|e| e.to_string())?
-    {
-        tx.meta_delete(ALARM_TREE, &k).map_err(|e| e.to_string())?;
-    }
-    tx.commit().map_err(|e| e.to_string())?;
-    store.checkpoint().map_err(|e| e.to_string())?;
-    let f = std::fs::File::open(&db_path).map_err(|e| e.to_string())?;
-    f.sync_all().map_err(|e| e.to_string())?;
     Ok(())
 }

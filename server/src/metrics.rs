@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use etch_engine::mvcc::Store;
 use etch_engine::wal::{SYNC_BUCKET_BOUNDS_US, SYNC_BUCKETS};
+use etch_raft::Node;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
-
-use crate::server::Etch;
 
 /// A duration histogram with etcd's disk buckets (1 ms doubling to 8.192 s).
 #[derive(Debug, Default)]
@@ -176,12 +176,8 @@ fn histogram(out: &mut String, name: &str, help: &str, buckets: &[u64], sum_us: 
 }
 
 /// Live keys at the current revision, counted at most every 30 s.
-fn keys_total(etch: &Etch) -> i64 {
-    let mut cache = etch
-        .metrics
-        .keys_cache
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+fn keys_total(m: &Metrics, store: &Store) -> i64 {
+    let mut cache = m.keys_cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((at, n)) = *cache
         && at.elapsed() < KEYS_COUNT_TTL
     {
@@ -193,8 +189,7 @@ fn keys_total(etch: &Etch) -> i64 {
         count_only: true,
         ..Default::default()
     };
-    let n = etch
-        .store
+    let n = store
         .read()
         .and_then(|s| s.range(&req))
         .map_or(0, |r| r.count);
@@ -203,11 +198,16 @@ fn keys_total(etch: &Etch) -> i64 {
 }
 
 /// The Prometheus text page. Blocking (it may count keys): call off the async threads.
-pub fn render(etch: &Etch) -> String {
-    let m = &etch.metrics;
-    let st = etch.node.status();
-    let applied = *etch.node.applied().borrow();
-    let stats = etch.store.db().stats();
+pub fn render<O: Send + 'static>(
+    m: &Metrics,
+    node: &Node<O>,
+    store: &Store,
+    quota_backend_bytes: u64,
+    size_in_use: u64,
+) -> String {
+    let st = node.status();
+    let applied = *node.applied().borrow();
+    let stats = store.db().stats();
     let mut out = String::new();
     gauge(
         &mut out,
@@ -249,7 +249,7 @@ pub fn render(etch: &Etch) -> String {
         &mut out,
         "etcd_server_quota_backend_bytes",
         "The space quota in bytes.",
-        etch.cfg.quota_backend_bytes,
+        quota_backend_bytes,
     );
     gauge(
         &mut out,
@@ -261,27 +261,27 @@ pub fn render(etch: &Etch) -> String {
         &mut out,
         "etcd_mvcc_db_total_size_in_use_in_bytes",
         "Bytes of the data file in use (not on the free list).",
-        etch.size_in_use(),
+        size_in_use,
     );
     gauge(
         &mut out,
         "etcd_debugging_mvcc_keys_total",
         "Live keys at the current revision.",
-        keys_total(etch),
+        keys_total(m, store),
     );
     gauge(
         &mut out,
         "etcd_debugging_mvcc_current_revision",
         "The current revision.",
-        etch.store.current_revision(),
+        store.current_revision(),
     );
     gauge(
         &mut out,
         "etcd_debugging_mvcc_compact_revision",
         "The revision of the last compaction.",
-        etch.store.compact_revision(),
+        store.compact_revision(),
     );
-    let wal = etch.node.wal_stats();
+    let wal = node.wal_stats();
     histogram(
         &mut out,
         "etcd_disk_wal_fsync_duration_seconds",

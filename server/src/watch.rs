@@ -1,7 +1,8 @@
 //! etcdserverpb.Watch.
 //!
-//! The hub reads every new revision once from the MVCC change feed and broadcasts it in
-//! bounded batches. Each gRPC stream task matches the batches against its own watchers.
+//! The hub (`watch_hub.rs`) reads every new revision once from the MVCC change feed and
+//! broadcasts it in bounded batches. Each gRPC stream task matches the batches against its
+//! own watchers.
 //! Every watcher keeps `next_rev`, the first revision it has not been sent: an event is
 //! delivered only at or above it, so nothing is sent twice; a batch starting above it (the
 //! watcher started in the past, or its stream lagged behind the broadcast) makes the
@@ -10,107 +11,25 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use etch_engine::mvcc::{self, EventType, Store};
+use etch_engine::mvcc::{self, EventType};
 use prost::Message as _;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::kv_out;
 use crate::errors::EtcdError;
+use crate::etch::{Etch, GRPC_OVERHEAD_BYTES};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::mvccpb;
-use crate::server::Etch;
+use crate::watch_hub::Batch;
 
-/// Events per broadcast batch (a batch never splits a revision, so it may hold more).
-const HUB_BATCH_EVENTS: usize = 256;
-/// Batches the broadcast keeps for slow streams; beyond it they catch up from the store.
-const HUB_BATCHES: usize = 128;
 /// Events per catch-up read.
 const CATCH_UP_EVENTS: usize = 1000;
 /// Responses queued per stream before its task waits for the client.
 const STREAM_QUEUE: usize = 64;
-
-/// A run of revisions `from..=to` with every event in them.
-#[derive(Debug)]
-pub struct Batch {
-    pub from: i64,
-    pub to: i64,
-    pub events: Vec<mvcc::Event>,
-}
-
-/// Broadcasts new revisions to every watch stream.
-#[derive(Debug)]
-pub struct WatchHub {
-    tx: broadcast::Sender<Arc<Batch>>,
-    /// Last revision broadcast.
-    progress: watch::Receiver<i64>,
-}
-
-impl WatchHub {
-    /// Starts the hub task; `revisions` follows the store's current revision.
-    pub fn start(store: Arc<Store>, mut revisions: watch::Receiver<i64>) -> Arc<WatchHub> {
-        let (tx, _) = broadcast::channel(HUB_BATCHES);
-        let start = store.current_revision();
-        let (progress_tx, progress) = watch::channel(start);
-        let hub = Arc::new(WatchHub {
-            tx: tx.clone(),
-            progress,
-        });
-        tokio::spawn(async move {
-            let mut hub_rev = start;
-            loop {
-                loop {
-                    let s = store.clone();
-                    let read = tokio::task::spawn_blocking(move || read_batch(&s, hub_rev)).await;
-                    match read {
-                        Ok(Ok(Some(b))) => {
-                            hub_rev = b.to;
-                            // No stream listening is fine: new streams start from the store.
-                            let _ = tx.send(Arc::new(b));
-                            progress_tx.send_replace(hub_rev);
-                        }
-                        Ok(Ok(None)) => break,
-                        Ok(Err(e)) => {
-                            tracing::error!("watch hub: reading the change feed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::error!("watch hub: read task: {e}");
-                            break;
-                        }
-                    }
-                }
-                if revisions.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        hub
-    }
-}
-
-fn read_batch(store: &Store, hub_rev: i64) -> Result<Option<Batch>, mvcc::Error> {
-    let snap = store.read()?;
-    let cur = snap.revision();
-    if cur <= hub_rev {
-        return Ok(None);
-    }
-    // History compacted before the hub read it: skip ahead; watchers behind the gap
-    // learn of the compaction when they try to catch up.
-    let from = (hub_rev + 1).max(snap.compact_revision());
-    let events = snap.events(from, &[0], &[0], HUB_BATCH_EVENTS)?;
-    let to = if events.len() >= HUB_BATCH_EVENTS {
-        events.last().map_or(cur, |e| e.kv.mod_revision)
-    } else {
-        cur
-    };
-    Ok(Some(Batch { from, to, events }))
-}
 
 #[derive(Debug, Clone)]
 pub struct WatchService {
@@ -220,8 +139,8 @@ impl StreamTask {
     }
 
     async fn run(&mut self, mut inbound: Streaming<pb::WatchRequest>) {
-        let mut batches = self.etch.watch_hub.tx.subscribe();
-        self.seen_rev = *self.etch.watch_hub.progress.borrow();
+        let mut batches = self.etch.watch_hub.subscribe();
+        self.seen_rev = self.etch.watch_hub.progress();
         let interval = self.etch.cfg.watch_progress_notify_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
@@ -477,7 +396,7 @@ impl StreamTask {
             ..Default::default()
         };
         // etcd's limit: --max-request-bytes plus gRPC's headroom.
-        let limit = self.etch.cfg.max_request_bytes + crate::server::GRPC_OVERHEAD_BYTES;
+        let limit = self.etch.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
         if !fragment || resp.encoded_len() < limit || resp.events.len() < 2 {
             return self.send(resp).await;
         }

@@ -1,0 +1,222 @@
+//! `Etch`, the shared handle every service and background task holds: the store, the Raft
+//! node, the lessor, the alarms, the watch hub and the metrics; response headers, the
+//! space quota, proposing a write and the ReadIndex barrier; and the member's identity.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use etch_engine::mvcc::Store;
+use etch_raft::Node;
+use prost::Message as _;
+
+use crate::alarms::Alarms;
+use crate::apply::{Compactor, Output, WriteResult};
+use crate::config::Config;
+use crate::data_dir::CLUSTER_TREE;
+use crate::errors::EtcdError;
+use crate::ids;
+use crate::lessor::Lessor;
+use crate::metrics::Metrics;
+use crate::pb::etcdserverpb::{self as pb, ResponseHeader};
+use crate::pb::etchpb::{InternalRequest, internal_request};
+use crate::watch_hub::WatchHub;
+
+/// Committed entries may run this far ahead of applied ones before writes are refused
+/// (etcd's limit).
+pub const APPLY_LAG_MAX: u64 = 5000;
+/// Headroom above --max-request-bytes that gRPC accepts before refusing a message outright
+/// (etcd's 512 KiB).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Shared server state.
+pub struct Etch {
+    pub cfg: Config,
+    pub store: Arc<Store>,
+    pub node: Node<Output>,
+    pub compactor: Arc<Compactor>,
+    pub watch_hub: Arc<WatchHub>,
+    pub lessor: Arc<Lessor>,
+    pub alarms: Arc<Alarms>,
+    pub metrics: Arc<Metrics>,
+    /// A NOSPACE activation is being proposed.
+    pub raising_nospace: AtomicBool,
+    /// Pages on the free list, counted in the background.
+    pub free_pages: AtomicU64,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+impl std::fmt::Debug for Etch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etch")
+            .field("member_id", &format_args!("{:x}", self.member_id))
+            .field("cluster_id", &format_args!("{:x}", self.cluster_id))
+            .finish()
+    }
+}
+
+impl Etch {
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        }
+    }
+
+    /// Bytes of the data file in use: below the high-water mark and not on the free list
+    /// (as of the last background count, at most about a second old).
+    pub fn size_in_use(&self) -> u64 {
+        let st = self.store.db().stats();
+        let free = self.free_pages.load(Ordering::Relaxed);
+        st.high_water_pages.saturating_sub(free) * st.page_size as u64
+    }
+
+    pub fn refresh_free_pages(&self) -> Result<(), String> {
+        let n = self
+            .store
+            .db()
+            .begin_read()
+            .and_then(|r| r.free_pages())
+            .map_err(|e| e.to_string())?;
+        self.free_pages.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// etcd's request timeout: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.cfg.heartbeat * self.cfg.election_ticks as u32
+    }
+
+    /// etcd's space quota: a write that would take the data file past
+    /// `--quota-backend-bytes` is refused (deletes and compactions are always accepted).
+    pub fn check_quota(self: &Arc<Self>, cost: usize) -> Result<(), EtcdError> {
+        if cost == 0 {
+            return Ok(());
+        }
+        if self.alarms.has(pb::AlarmType::Nospace) {
+            return Err(EtcdError::NoSpace);
+        }
+        // Free pages are reused in place, so what counts is the space in use.
+        let size = self.size_in_use();
+        if size + cost as u64 >= self.cfg.quota_backend_bytes {
+            // Raise NOSPACE, as etcd does: from now on only reads, deletes and
+            // compactions are accepted until an operator deactivates it. One proposal
+            // at a time: a burst of refused writes raises it once.
+            if self.raising_nospace.swap(true, Ordering::AcqRel) {
+                return Err(EtcdError::NoSpace);
+            }
+            let etch = self.clone();
+            tokio::spawn(async move {
+                let req = pb::AlarmRequest {
+                    action: pb::alarm_request::AlarmAction::Activate as i32,
+                    member_id: etch.member_id,
+                    alarm: pb::AlarmType::Nospace as i32,
+                };
+                if let Err(e) = propose_alarm(&etch, req).await {
+                    tracing::warn!("raising the NOSPACE alarm: {e}");
+                }
+                etch.raising_nospace.store(false, Ordering::Release);
+            });
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Replicates one encoded request and returns what applying it produced.
+    pub async fn propose(&self, bytes: Vec<u8>) -> Result<WriteResult, EtcdError> {
+        if bytes.len() > self.cfg.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        let st = self.node.status();
+        if st.commit > *self.node.applied().borrow() + APPLY_LAG_MAX {
+            return Err(EtcdError::TooManyRequests);
+        }
+        let rx = self.node.propose(bytes);
+        let m = &self.metrics;
+        m.proposals_pending.fetch_add(1, Ordering::Relaxed);
+        let r = tokio::time::timeout(self.request_timeout(), rx).await;
+        m.proposals_pending.fetch_sub(1, Ordering::Relaxed);
+        match r {
+            Ok(Ok(Ok(out))) => out,
+            failed => {
+                m.proposals_failed.fetch_add(1, Ordering::Relaxed);
+                match failed {
+                    Err(_) => Err(EtcdError::Timeout),
+                    Ok(Err(_)) => Err(EtcdError::Stopped),
+                    Ok(Ok(Err(e))) => Err(e.into()),
+                    Ok(Ok(Ok(_))) => unreachable!("matched above"),
+                }
+            }
+        }
+    }
+
+    /// Returns once local state reflects every write acknowledged before the call.
+    pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
+        let timeout = self.request_timeout();
+        let index = match tokio::time::timeout(timeout, self.node.read_index()).await {
+            Err(_) => return Err(EtcdError::Timeout),
+            Ok(Err(_)) => return Err(EtcdError::Stopped),
+            Ok(Ok(Err(e))) => return Err(e.into()),
+            Ok(Ok(Ok(i))) => i,
+        };
+        let mut applied = self.node.applied();
+        match tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+/// Proposes an alarm change.
+pub async fn propose_alarm(
+    etch: &Etch,
+    req: pb::AlarmRequest,
+) -> Result<Vec<(u64, i32)>, EtcdError> {
+    let bytes = InternalRequest {
+        request: Some(internal_request::Request::Alarm(req)),
+    }
+    .encode_to_vec();
+    match etch.propose(bytes).await? {
+        WriteResult::Alarm(v) => Ok(v),
+        other => Err(EtcdError::Internal(format!(
+            "etch: mismatched apply result {other:?}"
+        ))),
+    }
+}
+
+/// Reads the member and cluster ids stored at bootstrap, or computes and stores them.
+pub fn identity(store: &Store, cfg: &Config) -> Result<(u64, u64), String> {
+    let snap = store.read().map_err(|e| e.to_string())?;
+    let get = |k: &[u8]| -> Result<Option<u64>, String> {
+        match snap.meta_get(CLUSTER_TREE, k).map_err(|e| e.to_string())? {
+            Some(v) => Ok(Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+                |_| "corrupt cluster identity in the data file".to_string(),
+            )?))),
+            None => Ok(None),
+        }
+    };
+    if let (Some(m), Some(c)) = (get(b"member_id")?, get(b"cluster_id")?) {
+        return Ok((m, c));
+    }
+    drop(snap);
+    if cfg.initial_cluster_state == "existing" {
+        return Err(
+            "--initial-cluster-state=existing needs a data dir that already belongs to the cluster"
+                .into(),
+        );
+    }
+    let m = ids::member_id(&cfg.peer_urls, &cfg.initial_cluster_token);
+    let c = ids::cluster_id(&[m]);
+    let mut tx = store.write().map_err(|e| e.to_string())?;
+    tx.meta_put(CLUSTER_TREE, b"member_id", &m.to_be_bytes())
+        .map_err(|e| e.to_string())?;
+    tx.meta_put(CLUSTER_TREE, b"cluster_id", &c.to_be_bytes())
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
+    store.checkpoint().map_err(|e| e.to_string())?;
+    Ok((m, c))
+}
