@@ -14,5 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         .compile_fds(fds)?;
+    // Members call each other: the peer service gets a client too.
+    let peer = protox::compile(["proto/etchpb/peer.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(peer)?;
     Ok(())
 }

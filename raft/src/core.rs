@@ -534,8 +534,13 @@ impl<D: LogDisk> Core<D> {
             .collect();
         for ctx in lost {
             let round = self.reads_inflight.remove(&ctx).expect("listed above");
+            let why = if st.leader == 0 {
+                Error::NoLeader
+            } else {
+                Error::LeaderChanged
+            };
             for req in round.reqs {
-                self.replies.push((req, Err(Error::NoLeader)));
+                self.replies.push((req, Err(why.clone())));
             }
         }
         if st.leader != self.last_leader {

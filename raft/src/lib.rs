@@ -52,6 +52,8 @@ pub enum Error {
     Stopped,
     #[error("no leader")]
     NoLeader,
+    #[error("the leader changed")]
+    LeaderChanged,
     #[error("too many requests waiting for a leader")]
     TooManyPending,
     #[error("fatal error: {0}")]
@@ -226,6 +228,9 @@ pub struct Config {
     pub wal: wal::Options,
     /// Proposals held while there is no leader, beyond which new ones fail.
     pub pending_max: usize,
+    /// Entries kept in memory below the applied index for slow followers (etcd's
+    /// `--snapshot-catchup-entries`); one further behind gets a snapshot.
+    pub catchup_entries: u64,
 }
 
 impl Config {
@@ -238,6 +243,7 @@ impl Config {
             wal_dir: wal_dir.into(),
             wal: wal::Options::default(),
             pending_max: 16 * 1024,
+            catchup_entries: RETAINED_ENTRIES,
         }
     }
 }

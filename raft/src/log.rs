@@ -207,6 +207,7 @@ impl Replay {
             entries,
             disk_compacted: applied.index,
             last_seq: 0,
+            retained: RETAINED_ENTRIES,
         })
     }
 }
@@ -226,6 +227,8 @@ pub struct Log<D> {
     disk_compacted: u64,
     /// Sequence number of the last record written.
     last_seq: u64,
+    /// Entries kept in memory below the applied index.
+    retained: u64,
 }
 
 impl<D> std::fmt::Debug for Log<D> {
@@ -355,10 +358,16 @@ impl<D: LogDisk> Log<D> {
         Ok(seq)
     }
 
-    /// Drops from memory the entries more than `RETAINED_ENTRIES` below `applied` (handed
-    /// to the state machine). The disk still holds them until `compact`.
+    /// How many entries below the applied index memory keeps (default
+    /// [`RETAINED_ENTRIES`]).
+    pub fn set_retained(&mut self, n: u64) {
+        self.retained = n;
+    }
+
+    /// Drops from memory the entries more than the retained count below `applied`
+    /// (handed to the state machine). The disk still holds them until `compact`.
     pub fn trim_memory(&mut self, applied: u64) -> Result<()> {
-        let keep_from = applied.saturating_sub(RETAINED_ENTRIES);
+        let keep_from = applied.saturating_sub(self.retained);
         if keep_from <= self.snap_index || keep_from > self.last_index() {
             return Ok(());
         }

@@ -43,6 +43,8 @@ enum Msg<O> {
     Unreachable(u64),
     SnapshotDone(u64, bool),
     TransferLeader(u64),
+    /// Hand leadership to the first caught-up voter, if any.
+    TransferToCaughtUp,
     Compact(u64, u64),
     /// The WAL made something durable.
     Wake,
@@ -124,7 +126,8 @@ impl<O: Send + 'static> Node<O> {
     {
         assert!(cfg.id != 0, "raft member id 0 is reserved");
         let initial = ConfState::from((cfg.initial_voters.clone(), vec![]));
-        let log = WalDisk::open(&cfg.wal_dir, cfg.wal.clone(), &applied, initial)?;
+        let mut log = WalDisk::open(&cfg.wal_dir, cfg.wal.clone(), &applied, initial)?;
+        log.set_retained(cfg.catchup_entries);
         let boot = boot_millis();
         let mut core = Core::new(
             CoreConfig {
@@ -267,6 +270,12 @@ impl<O: Send + 'static> Node<O> {
         let _ = self.send(Msg::TransferLeader(to));
     }
 
+    /// If this node leads, hands leadership to a voter whose log is caught up (a graceful
+    /// stop).
+    pub fn transfer_leadership(&self) {
+        let _ = self.send(Msg::TransferToCaughtUp);
+    }
+
     /// The state machine has made everything up to `durable` durable: the WAL below it
     /// may go.
     pub fn compact(&self, durable: &Applied) {
@@ -401,6 +410,11 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
             Msg::Unreachable(id) => self.core.report_unreachable(id),
             Msg::SnapshotDone(id, ok) => self.core.report_snapshot(id, ok),
             Msg::TransferLeader(to) => self.core.transfer_leader(to),
+            Msg::TransferToCaughtUp => {
+                if let Some(&to) = self.core.caught_up_voters().first() {
+                    self.core.transfer_leader(to);
+                }
+            }
             Msg::Compact(index, term) => {
                 if let Err(e) = self.core.compact(index, term) {
                     self.fail(format!("compacting the raft log: {e}"));

@@ -25,6 +25,18 @@ pub fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
 
 impl Alarms {
     pub fn load(store: &Store) -> Result<Arc<Alarms>, String> {
+        Ok(Arc::new(Alarms {
+            set: Mutex::new(Self::read(store)?),
+        }))
+    }
+
+    /// Takes the alarms a new state holds (after a snapshot install).
+    pub fn reload(&self, store: &Store) -> Result<(), String> {
+        *self.lock() = Self::read(store)?;
+        Ok(())
+    }
+
+    fn read(store: &Store) -> Result<BTreeSet<(u64, i32)>, String> {
         let snap = store.read().map_err(|e| e.to_string())?;
         let mut set = BTreeSet::new();
         for (k, _) in snap.meta_entries(ALARM_TREE).map_err(|e| e.to_string())? {
@@ -35,9 +47,7 @@ impl Alarms {
             let a = i32::from_be_bytes(k[8..].try_into().expect("4 bytes"));
             set.insert((m, a));
         }
-        Ok(Arc::new(Alarms {
-            set: Mutex::new(set),
-        }))
+        Ok(set)
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeSet<(u64, i32)>> {

@@ -33,6 +33,8 @@ pub enum WriteResult {
     LeaseCheckpoint,
     /// Alarms changed by an ACTIVATE or DEACTIVATE.
     Alarm(Vec<(u64, i32)>),
+    /// A member's attributes were published.
+    Member,
 }
 
 pub type Output = Result<WriteResult, EtcdError>;
@@ -47,6 +49,10 @@ pub struct Apply {
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Snapshot data received from the leader, waiting for raft.
+    pub inbox: Arc<crate::peer::SnapshotInbox>,
+    /// How far lease deadlines move when leases are reloaded (an election timeout).
+    pub lease_extend: Duration,
 }
 
 impl std::fmt::Debug for Apply {
@@ -139,6 +145,18 @@ impl StateMachine for Apply {
                         _ => Ok(WriteResult::Alarm(Vec::new())),
                     }
                 }
+                Some(Request::MemberAttributes(m)) => {
+                    // Only the name and client URLs are the member's to publish.
+                    crate::members::get_in(&mut tx, m.id).and_then(|cur| match cur {
+                        Some(mut cur) => {
+                            cur.name = m.name;
+                            cur.client_ur_ls = m.client_ur_ls;
+                            crate::members::put(&mut tx, &cur).map(|()| WriteResult::Member)
+                        }
+                        // Removed meanwhile: nothing to update.
+                        None => Ok(WriteResult::Member),
+                    })
+                }
                 None => return Err(format!("entry {} holds an empty request", e.index)),
             };
             match out {
@@ -165,6 +183,49 @@ impl StateMachine for Apply {
             self.compactor.kick();
         }
         Ok(outs)
+    }
+
+    fn install(&mut self, snap: &etch_raft::Snapshot) -> Result<Applied, String> {
+        let index = snap.get_metadata().index;
+        let path = self
+            .inbox
+            .take(index)
+            .ok_or_else(|| format!("no data was received for the snapshot at {index}"))?;
+        let started = std::time::Instant::now();
+        let applied = {
+            let db = etch_engine::btree::Db::open(&path, etch_engine::btree::Options::default())
+                .map_err(|e| format!("opening the received snapshot: {e}"))?;
+            let src = db.begin_read().map_err(|e| e.to_string())?;
+            let applied = Applied::decode(src.marker()).map_err(|e| e.to_string())?;
+            if applied.index != index {
+                return Err(format!(
+                    "the received snapshot holds entry {} but raft expects {index}",
+                    applied.index
+                ));
+            }
+            self.store
+                .replace_from(&src, &[crate::data_dir::CLUSTER_TREE])
+                .map_err(fatal)?;
+            applied
+        };
+        let _ = std::fs::remove_file(&path);
+        // Durable before raft counts the snapshot as persisted.
+        self.store.checkpoint().map_err(fatal)?;
+        self.lessor.reload(&self.store, self.lease_extend)?;
+        self.alarms.reload(&self.store)?;
+        self.revision_tx.send_replace(self.store.current_revision());
+        self.compactor.kick();
+        self.metrics
+            .snapshot_installs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.snapshot_install.observe(started.elapsed());
+        tracing::info!(
+            index,
+            revision = self.store.current_revision(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "installed the leader's snapshot"
+        );
+        Ok(applied)
     }
 }
 

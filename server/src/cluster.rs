@@ -1,5 +1,5 @@
-//! etcdserverpb.Cluster for a one-member cluster: the member list, and etcd's answers to
-//! membership changes until etch runs multi-member clusters.
+//! etcdserverpb.Cluster: the replicated member list, and etcd's answers to membership
+//! changes (adding, removing and updating members comes with the next step).
 
 use std::sync::Arc;
 
@@ -16,15 +16,10 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
-    fn members(&self) -> Vec<pb::Member> {
-        let c = &self.etch.cfg;
-        vec![pb::Member {
-            id: self.etch.member_id,
-            name: c.name.clone(),
-            peer_ur_ls: c.peer_urls.clone(),
-            client_ur_ls: c.advertise_client_urls.clone(),
-            is_learner: false,
-        }]
+    /// The replicated member list, as this member has applied it.
+    fn members(&self) -> Result<Vec<pb::Member>, EtcdError> {
+        let snap = self.etch.store.read()?;
+        crate::members::list(&snap).map_err(EtcdError::Internal)
     }
 
     /// etcd's Cluster service fills no revision in its headers.
@@ -33,7 +28,7 @@ impl ClusterService {
     }
 
     fn check_member(&self, id: u64) -> Result<(), EtcdError> {
-        if id == self.etch.member_id {
+        if self.members()?.iter().any(|m| m.id == id) {
             Ok(())
         } else {
             Err(EtcdError::MemberNotFound)
@@ -56,14 +51,15 @@ impl Cluster for ClusterService {
         if r.peer_ur_ls.is_empty() || !r.peer_ur_ls.iter().all(|u| valid_peer_url(u)) {
             return Err(EtcdError::MemberBadUrls.into());
         }
+        let members = self.members()?;
         if r.peer_ur_ls
             .iter()
-            .any(|u| self.etch.cfg.peer_urls.contains(u))
+            .any(|u| members.iter().any(|m| m.peer_ur_ls.contains(u)))
         {
             return Err(EtcdError::PeerUrlExist.into());
         }
         Err(Status::unimplemented(
-            "etch: adding members is not supported yet (one-member clusters only)",
+            "etch: adding members is not supported yet",
         ))
     }
 
@@ -72,8 +68,13 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         self.check_member(request.into_inner().id)?;
-        // Removing the only voter would leave no quorum.
-        Err(EtcdError::NotEnoughStartedMembers.into())
+        if self.members()?.len() == 1 {
+            // Removing the only voter would leave no quorum.
+            return Err(EtcdError::NotEnoughStartedMembers.into());
+        }
+        Err(Status::unimplemented(
+            "etch: removing members is not supported yet",
+        ))
     }
 
     async fn member_update(
@@ -87,12 +88,17 @@ impl Cluster for ClusterService {
         }
         let mut want = r.peer_ur_ls.clone();
         want.sort();
-        let mut have = self.etch.cfg.peer_urls.clone();
+        let members = self.members()?;
+        let mut have = members
+            .iter()
+            .find(|m| m.id == r.id)
+            .map(|m| m.peer_ur_ls.clone())
+            .unwrap_or_default();
         have.sort();
         if want == have {
             return Ok(Response::new(pb::MemberUpdateResponse {
                 header: Some(self.header()),
-                members: self.members(),
+                members,
             }));
         }
         Err(Status::unimplemented(
@@ -109,7 +115,7 @@ impl Cluster for ClusterService {
         }
         Ok(Response::new(pb::MemberListResponse {
             header: Some(self.header()),
-            members: self.members(),
+            members: self.members()?,
         }))
     }
 

@@ -72,7 +72,8 @@ const FLAGS: &[Flag] = &[
     f("max-request-bytes", Int, "1572864", Yes),
     f("heartbeat-interval", Int, "100", Yes),
     f("election-timeout", Int, "1000", Yes),
-    f("snapshot-count", Int, "100000", Ignored),
+    f("snapshot-count", Int, "100000", Yes),
+    f("experimental-snapshot-catchup-entries", Int, "5000", Yes),
     f("auto-compaction-mode", Str, "periodic", Yes),
     f("auto-compaction-retention", Str, "0", Yes),
     f("log-level", Str, "info", Yes),
@@ -154,6 +155,11 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub advertise_client_urls: Vec<String>,
     pub peer_urls: Vec<String>,
+    /// `--listen-peer-urls`: where the peer service listens (a multi-member cluster only).
+    pub listen_peer: Vec<Listen>,
+    /// `--initial-cluster`, as (name, peer URLs) in the order given; this member alone if
+    /// the flag is empty.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
     pub initial_cluster_token: String,
     pub initial_cluster_state: String,
     pub quota_backend_bytes: u64,
@@ -164,6 +170,11 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     pub log_level: tracing::Level,
     pub watch_progress_notify_interval: Duration,
+    /// `--snapshot-count`: applied entries between two compactions of the Raft log.
+    pub snapshot_count: u64,
+    /// `--experimental-snapshot-catchup-entries`: entries kept below the applied index for
+    /// slow followers.
+    pub snapshot_catchup_entries: u64,
 }
 
 /// A client listener.
@@ -400,8 +411,24 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
     for u in &peer_urls {
         split_url(u).map_err(|e| format!("--initial-advertise-peer-urls: {e}"))?;
     }
-    if !v["initial-cluster"].is_empty() {
-        check_initial_cluster(&v["initial-cluster"], &name, &peer_urls)?;
+    let initial_cluster = if v["initial-cluster"].is_empty() {
+        vec![(name.clone(), peer_urls.clone())]
+    } else {
+        parse_initial_cluster(&v["initial-cluster"], &name, &peer_urls)?
+    };
+    let listen_peer = v["listen-peer-urls"]
+        .split(',')
+        .map(|u| resolve_url(u.trim(), "listen-peer-urls"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if initial_cluster.len() > 1 && listen_peer.iter().any(|l| l.tls) {
+        return Err("--listen-peer-urls: https peer URLs (peer TLS) are not supported yet".into());
+    }
+    let snapshot_count = int(v, "snapshot-count");
+    let snapshot_catchup_entries = int(v, "experimental-snapshot-catchup-entries");
+    if snapshot_count <= 0 || snapshot_catchup_entries <= 0 {
+        return Err(
+            "--snapshot-count and --experimental-snapshot-catchup-entries must be positive".into(),
+        );
     }
     let log_level = match v["log-level"].as_str() {
         "debug" => tracing::Level::DEBUG,
@@ -426,6 +453,8 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
             .map(|s| s.trim().to_string())
             .collect(),
         peer_urls,
+        listen_peer,
+        initial_cluster,
         initial_cluster_token: v["initial-cluster-token"].clone(),
         initial_cluster_state,
         quota_backend_bytes,
@@ -443,34 +472,51 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
         )
         .filter(|d| !d.is_zero())
         .ok_or("--experimental-watch-progress-notify-interval must be a positive duration")?,
+        snapshot_count: snapshot_count as u64,
+        snapshot_catchup_entries: snapshot_catchup_entries as u64,
     })
 }
 
-/// A one-member etch accepts an `--initial-cluster` that names exactly itself.
-fn check_initial_cluster(ic: &str, name: &str, peer_urls: &[String]) -> Result<(), String> {
-    let mut mine: Vec<String> = Vec::new();
+/// `--initial-cluster` as `name=url,name=url,…` (a name may repeat, once per URL): the
+/// members in the order first named. This member's name must be there, with exactly its
+/// `--initial-advertise-peer-urls`.
+fn parse_initial_cluster(
+    ic: &str,
+    name: &str,
+    peer_urls: &[String],
+) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
     for part in ic.split(',') {
         let Some((n, u)) = part.split_once('=') else {
             return Err(format!("--initial-cluster: \"{part}\" is not name=url"));
         };
-        if n.trim() != name {
-            return Err(format!(
-                "--initial-cluster names member \"{}\": etch runs one-member clusters only for now",
-                n.trim()
-            ));
+        let (n, u) = (n.trim(), u.trim());
+        split_url(u).map_err(|e| format!("--initial-cluster: {e}"))?;
+        match members.iter_mut().find(|(m, _)| m == n) {
+            Some((_, urls)) => urls.push(u.to_string()),
+            None => members.push((n.to_string(), vec![u.to_string()])),
         }
-        mine.push(u.trim().to_string());
     }
+    let Some((_, mine)) = members.iter().find(|(m, _)| m == name) else {
+        return Err(format!(
+            "couldn't find local name \"{name}\" in the initial cluster configuration"
+        ));
+    };
     let mut a = mine.clone();
     a.sort();
     let mut b = peer_urls.to_vec();
     b.sort();
     if a != b {
         return Err(format!(
-            "--initial-cluster has {name}={mine:?} but --initial-advertise-peer-urls is {peer_urls:?}"
+            "--initial-cluster has {name}={mine:?} but missing from --initial-advertise-peer-urls={peer_urls:?}"
         ));
     }
-    Ok(())
+    let mut all: Vec<&String> = members.iter().flat_map(|(_, u)| u).collect();
+    all.sort();
+    if all.windows(2).any(|w| w[0] == w[1]) {
+        return Err("--initial-cluster names one peer URL twice".into());
+    }
+    Ok(members)
 }
 
 fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, String> {

@@ -44,6 +44,10 @@ pub enum EtcdError {
     Stopped,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
     #[error("etcdserver: bad leader transferee")]
@@ -93,7 +97,9 @@ impl EtcdError {
             LeaseExist => Code::FailedPrecondition,
             // etcd sends this one as a plain error, which gRPC reports as Unknown.
             TooManyRequests => Code::Unknown,
-            NoLeader | Stopped | Timeout => Code::Unavailable,
+            NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | LeaderChanged => {
+                Code::Unavailable
+            }
             Corrupt => Code::DataLoss,
             WrongDowngradeVersionFormat
             | InvalidDowngradeTargetVersion
@@ -142,6 +148,7 @@ impl From<etch_raft::Error> for EtcdError {
         match e {
             R::Stopped => EtcdError::Stopped,
             R::NoLeader => EtcdError::NoLeader,
+            R::LeaderChanged => EtcdError::LeaderChanged,
             R::TooManyPending => EtcdError::TooManyRequests,
             other => EtcdError::Internal(format!("etch: raft: {other}")),
         }

@@ -17,9 +17,12 @@ use crate::data_dir::CLUSTER_TREE;
 use crate::errors::EtcdError;
 use crate::ids;
 use crate::lessor::Lessor;
+use crate::members;
 use crate::metrics::Metrics;
 use crate::pb::etcdserverpb::{self as pb, ResponseHeader};
 use crate::pb::etchpb::{InternalRequest, internal_request};
+use crate::pb::etchpeerpb as ppb;
+use crate::peer::{Peers, SnapshotInbox};
 use crate::watch_hub::WatchHub;
 
 /// Committed entries may run this far ahead of applied ones before writes are refused
@@ -45,6 +48,10 @@ pub struct Etch {
     pub free_pages: AtomicU64,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// The other members, for the transport, forwarding and metrics.
+    pub peers: Arc<Peers>,
+    /// Snapshots received from the leader, staged for the state machine.
+    pub snapshot_inbox: Arc<SnapshotInbox>,
 }
 
 impl std::fmt::Debug for Etch {
@@ -144,6 +151,10 @@ impl Etch {
             failed => {
                 m.proposals_failed.fetch_add(1, Ordering::Relaxed);
                 match failed {
+                    // etcd's word for a timeout across a change of leader.
+                    Err(_) if self.node.status().leader != st.leader => {
+                        Err(EtcdError::TimeoutDueToLeaderFail)
+                    }
                     Err(_) => Err(EtcdError::Timeout),
                     Ok(Err(_)) => Err(EtcdError::Stopped),
                     Ok(Ok(Err(e))) => Err(e.into()),
@@ -171,6 +182,97 @@ impl Etch {
     }
 }
 
+impl Etch {
+    /// Asks the leader a lease question only it can answer (keep-alive, time-to-live):
+    /// here if this member leads, else over the peer service.
+    pub async fn lease_at_leader(
+        &self,
+        id: i64,
+        keys: bool,
+        keep_alive: bool,
+    ) -> Result<ppb::LeaseReply, EtcdError> {
+        let leader = self.node.status().leader;
+        if leader == 0 {
+            return Err(EtcdError::NoLeader);
+        }
+        let req = ppb::LeaseRequest {
+            cluster_id: self.cluster_id,
+            id,
+            keys,
+        };
+        let call = async {
+            let mut c = self
+                .peers
+                .client(leader)
+                .await
+                .map_err(|_| EtcdError::NoLeader)?;
+            let r = if keep_alive {
+                c.lease_keep_alive(req).await
+            } else {
+                c.lease_time_to_live(req).await
+            };
+            r.map(tonic::Response::into_inner).map_err(|s| {
+                self.peers.drop_client(leader);
+                tracing::debug!(leader = %format!("{leader:x}"), "forwarding a lease call: {s}");
+                EtcdError::NoLeader
+            })
+        };
+        match tokio::time::timeout(self.request_timeout(), call).await {
+            Ok(r) => r,
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+}
+
+/// Publishes this member's name and client URLs through Raft once a leader is known, so
+/// every member lists them (etcd's publish). Retries until it lands or the task is
+/// stopped; does nothing if the member list already holds them.
+pub async fn publish_attributes(etch: Arc<Etch>) {
+    let mine = pb::Member {
+        id: etch.member_id,
+        name: etch.cfg.name.clone(),
+        peer_ur_ls: Vec::new(),
+        client_ur_ls: etch.cfg.advertise_client_urls.clone(),
+        is_learner: false,
+    };
+    for attempt in 0u32.. {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let current = etch
+            .store
+            .read()
+            .map_err(|e| e.to_string())
+            .and_then(|s| members::get(&s, etch.member_id));
+        match current {
+            Ok(Some(m)) if m.name == mine.name && m.client_ur_ls == mine.client_ur_ls => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("reading the member list: {e}");
+                continue;
+            }
+        }
+        if etch.node.status().leader == 0 {
+            continue;
+        }
+        let bytes = InternalRequest {
+            request: Some(internal_request::Request::MemberAttributes(mine.clone())),
+        }
+        .encode_to_vec();
+        match etch.propose(bytes).await {
+            Ok(_) => {
+                tracing::info!(
+                    name = %mine.name,
+                    client_urls = ?mine.client_ur_ls,
+                    "published this member's attributes"
+                );
+                return;
+            }
+            Err(e) => tracing::debug!("publishing this member's attributes: {e}"),
+        }
+    }
+}
+
 /// Proposes an alarm change.
 pub async fn propose_alarm(
     etch: &Etch,
@@ -188,7 +290,8 @@ pub async fn propose_alarm(
     }
 }
 
-/// Reads the member and cluster ids stored at bootstrap, or computes and stores them.
+/// Reads the member and cluster ids stored at bootstrap, or computes them as etcd does
+/// (from `--initial-cluster` and the token) and stores them with the initial member list.
 pub fn identity(store: &Store, cfg: &Config) -> Result<(u64, u64), String> {
     let snap = store.read().map_err(|e| e.to_string())?;
     let get = |k: &[u8]| -> Result<Option<u64>, String> {
@@ -199,23 +302,49 @@ pub fn identity(store: &Store, cfg: &Config) -> Result<(u64, u64), String> {
             None => Ok(None),
         }
     };
-    if let (Some(m), Some(c)) = (get(b"member_id")?, get(b"cluster_id")?) {
+    let stored = (get(b"member_id")?, get(b"cluster_id")?);
+    let listed = members::list(&snap)?;
+    drop(snap);
+    if let (Some(m), Some(c)) = stored {
+        if !listed.is_empty() {
+            // Once data exists, membership comes from it; the flags are not consulted.
+            return Ok((m, c));
+        }
+        // A data dir from before the member list was stored: this member alone.
+        let mut tx = store.write().map_err(|e| e.to_string())?;
+        members::put(
+            &mut tx,
+            &pb::Member {
+                id: m,
+                name: cfg.name.clone(),
+                peer_ur_ls: cfg.peer_urls.clone(),
+                client_ur_ls: Vec::new(),
+                is_learner: false,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+        store.checkpoint().map_err(|e| e.to_string())?;
         return Ok((m, c));
     }
-    drop(snap);
     if cfg.initial_cluster_state == "existing" {
         return Err(
             "--initial-cluster-state=existing needs a data dir that already belongs to the cluster"
                 .into(),
         );
     }
+    let initial = members::initial(&cfg.initial_cluster, &cfg.initial_cluster_token);
     let m = ids::member_id(&cfg.peer_urls, &cfg.initial_cluster_token);
-    let c = ids::cluster_id(&[m]);
+    let ids: Vec<u64> = initial.iter().map(|x| x.id).collect();
+    let c = ids::cluster_id(&ids);
     let mut tx = store.write().map_err(|e| e.to_string())?;
     tx.meta_put(CLUSTER_TREE, b"member_id", &m.to_be_bytes())
         .map_err(|e| e.to_string())?;
     tx.meta_put(CLUSTER_TREE, b"cluster_id", &c.to_be_bytes())
         .map_err(|e| e.to_string())?;
+    for x in &initial {
+        members::put(&mut tx, x).map_err(|e| e.to_string())?;
+    }
     tx.commit().map_err(|e| e.to_string())?;
     store.checkpoint().map_err(|e| e.to_string())?;
     Ok((m, c))

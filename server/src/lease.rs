@@ -35,11 +35,23 @@ async fn propose(etch: &Etch, req: internal_request::Request) -> Result<WriteRes
 /// Revokes expired leases while this member leads.
 pub fn spawn_expiry(etch: Arc<Etch>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut leading = etch.node.status().is_leader;
         loop {
             if !etch.node.status().is_leader {
+                leading = false;
                 // Only the leader revokes; a follower (or a member still electing) waits.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
+            }
+            if !leading {
+                // A new leader never saw the keep-alives its predecessor took: every lease
+                // gets its remaining TTL plus an election timeout before any may expire
+                // (etcd's promote).
+                leading = true;
+                let extend = etch.cfg.heartbeat * etch.cfg.election_ticks as u32;
+                if let Err(e) = etch.lessor.reload(&etch.store, extend) {
+                    tracing::error!("reloading leases as the new leader: {e}");
+                }
             }
             let (expired, next) = etch.lessor.take_expired();
             for id in expired {
@@ -187,9 +199,7 @@ impl Lease for LeaseService {
         let etch = self.etch.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = inbound.message().await {
-                let resp = if !etch.node.status().is_leader {
-                    Err(EtcdError::NoLeader.into())
-                } else {
+                let resp = if etch.node.status().is_leader {
                     // An unknown lease answers TTL 0, as etcd does.
                     let ttl = etch.lessor.renew(r.id).unwrap_or(0);
                     Ok(pb::LeaseKeepAliveResponse {
@@ -197,6 +207,16 @@ impl Lease for LeaseService {
                         id: r.id,
                         ttl,
                     })
+                } else {
+                    // Only the leader holds deadlines: a follower forwards.
+                    match etch.lease_at_leader(r.id, false, true).await {
+                        Ok(rep) => Ok(pb::LeaseKeepAliveResponse {
+                            header: Some(etch.header(etch.store.current_revision())),
+                            id: r.id,
+                            ttl: rep.ttl,
+                        }),
+                        Err(e) => Err(e.into()),
+                    }
                 };
                 let stop = resp.is_err();
                 if tx.send(resp).await.is_err() || stop {
@@ -213,6 +233,17 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = request.into_inner();
         self.etch.linearizable_barrier().await?;
+        if !self.etch.node.status().is_leader {
+            // The remaining TTL is the leader's to tell.
+            let rep = self.etch.lease_at_leader(r.id, r.keys, false).await?;
+            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header: Some(self.etch.header(self.etch.store.current_revision())),
+                id: r.id,
+                ttl: rep.ttl,
+                granted_ttl: rep.granted_ttl,
+                keys: rep.keys,
+            }));
+        }
         let rev = self.etch.store.current_revision();
         let Some((granted, left)) = self.etch.lessor.remaining(r.id) else {
             return Ok(Response::new(pb::LeaseTimeToLiveResponse {

@@ -69,6 +69,14 @@ impl Lessor {
     /// Loads every stored lease; each gets its checkpointed remaining TTL (or its full
     /// TTL) plus `extend`, as etcd extends leases when a leader takes over.
     pub fn load(store: &Store, min_ttl: i64, extend: Duration) -> Result<Arc<Lessor>, String> {
+        Ok(Arc::new(Lessor {
+            state: Mutex::new(Self::read(store, extend)?),
+            changed: Notify::new(),
+            min_ttl,
+        }))
+    }
+
+    fn read(store: &Store, extend: Duration) -> Result<State, String> {
         let now = Instant::now();
         let mut st = State::default();
         for l in store
@@ -84,11 +92,17 @@ impl Lessor {
             };
             st.set(l.id, l.ttl, now + extend + secs(left));
         }
-        Ok(Arc::new(Lessor {
-            state: Mutex::new(st),
-            changed: Notify::new(),
-            min_ttl,
-        }))
+        Ok(st)
+    }
+
+    /// Rebuilds every deadline from the store, as `load` does: when this member becomes
+    /// leader (its deadlines were not renewed while it followed; etcd's promote), and
+    /// after a snapshot replaced the leases.
+    pub fn reload(&self, store: &Store, extend: Duration) -> Result<(), String> {
+        let st = Self::read(store, extend)?;
+        *self.lock() = st;
+        self.changed.notify_one();
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

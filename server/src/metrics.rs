@@ -58,6 +58,10 @@ pub struct Metrics {
     pub proposals_failed: AtomicU64,
     pub proposals_pending: AtomicI64,
     pub backend_commit: Histogram,
+    /// Snapshots from the leader installed.
+    pub snapshot_installs: AtomicU64,
+    /// Time spent installing them.
+    pub snapshot_install: Histogram,
     grpc_handled: Mutex<BTreeMap<CallKey, u64>>,
     keys_cache: Mutex<Option<(Instant, i64)>>,
 }

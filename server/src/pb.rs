@@ -17,3 +17,7 @@ pub mod etcdserverpb {
 pub mod etchpb {
     tonic::include_proto!("etchpb");
 }
+
+pub mod etchpeerpb {
+    tonic::include_proto!("etchpeerpb");
+}

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use etch_raft::{Applied, NoPeers, Node};
+use etch_raft::{Applied, Node};
 
 use crate::alarms::Alarms;
 use crate::apply::{Apply, Compactor};
@@ -20,6 +20,7 @@ use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::lessor::Lessor;
 use crate::maintenance::MaintenanceService;
+use crate::members;
 use crate::metrics::{Instrumented, Metrics};
 use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
@@ -27,6 +28,9 @@ use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::etchpeerpb::peer_server::PeerServer;
+use crate::peer::{Feedback, PeerEvent, PeerInfo, PeerTransport, Peers, SnapshotInbox};
+use crate::peer_service::PeerService;
 use crate::watch::WatchService;
 use crate::watch_hub::WatchHub;
 
@@ -62,6 +66,7 @@ impl Checkpointer {
             .spawn(move || {
                 let mut waited = Duration::ZERO;
                 let step = Duration::from_millis(100);
+                let mut last_applied = *etch.node.applied().borrow();
                 while !s.load(Ordering::Acquire) {
                     std::thread::sleep(step);
                     waited += step;
@@ -70,12 +75,17 @@ impl Checkpointer {
                     {
                         tracing::warn!("counting free pages: {e}");
                     }
+                    let applied = *etch.node.applied().borrow();
+                    // --snapshot-count: this many entries applied also start one, so the
+                    // WAL kept for a restart stays short under a fast write load.
                     if waited < CHECKPOINT_INTERVAL
                         && etch.store.db().stats().unsynced_bytes < CHECKPOINT_DIRTY_BYTES
+                        && applied < last_applied + etch.cfg.snapshot_count
                     {
                         continue;
                     }
                     waited = Duration::ZERO;
+                    last_applied = applied;
                     if let Err(e) = checkpoint_once(&etch) {
                         tracing::error!("checkpoint failed: {e}; stopping");
                         // A failed sync is fatal: recover from disk at the next start.
@@ -102,6 +112,31 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let db_path = data_dir::db_file(&cfg.data_dir);
     let store = Arc::new(data_dir::open_store(&cfg.data_dir)?);
     let (member_id, cluster_id) = identity(&store, &cfg)?;
+    let listed = members::list(&store.read().map_err(|e| e.to_string())?)?;
+    let others: Vec<PeerInfo> = listed
+        .iter()
+        .filter(|m| m.id != member_id)
+        .map(|m| PeerInfo {
+            id: m.id,
+            urls: m.peer_ur_ls.clone(),
+        })
+        .collect();
+    if !listed.iter().any(|m| m.id == member_id) {
+        return Err(format!(
+            "member {member_id:x} is not in the member list this data dir holds"
+        ));
+    }
+    let peers = Peers::new(cluster_id, member_id, &others);
+    let inbox = SnapshotInbox::new(data_dir::member_dir(&cfg.data_dir).join("snap"))?;
+    let feedback: Feedback = Arc::new(std::sync::OnceLock::new());
+    let transport = PeerTransport::start(
+        peers.clone(),
+        &others,
+        feedback.clone(),
+        tokio::runtime::Handle::current(),
+        store.clone(),
+        inbox.dir.clone(),
+    );
     let applied = Applied::decode(&store.marker().map_err(|e| e.to_string())?)
         .map_err(|e| format!("{}: {e}", db_path.display()))?;
     let (compactor, compactor_thread) = Compactor::start(store.clone());
@@ -118,6 +153,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let mut rcfg = etch_raft::Config::new(member_id, &cfg.wal_dir);
     rcfg.tick = cfg.heartbeat;
     rcfg.election_ticks = cfg.election_ticks;
+    rcfg.initial_voters = listed.iter().map(|m| m.id).collect();
+    rcfg.catchup_entries = cfg.snapshot_catchup_entries;
     let node = Node::start(
         rcfg,
         applied.clone(),
@@ -128,8 +165,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             lessor: lessor.clone(),
             alarms: alarms.clone(),
             metrics: metrics.clone(),
+            inbox: inbox.clone(),
+            lease_extend: election,
         },
-        NoPeers,
+        transport,
     )
     .map_err(|e| format!("cannot start raft from {}: {e}", cfg.wal_dir.display()))?;
     tracing::info!(
@@ -155,7 +194,22 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         free_pages: AtomicU64::new(0),
         member_id,
         cluster_id,
+        peers,
+        snapshot_inbox: inbox,
     });
+    {
+        let weak = Arc::downgrade(&etch);
+        let report: Box<dyn Fn(PeerEvent) + Send + Sync> = Box::new(move |ev| {
+            if let Some(e) = weak.upgrade() {
+                match ev {
+                    PeerEvent::Unreachable(id) => e.node.report_unreachable(id),
+                    PeerEvent::Snapshot(id, ok) => e.node.report_snapshot(id, ok),
+                }
+            }
+        });
+        let _ = feedback.set(report);
+    }
+    let publisher = tokio::spawn(crate::etch::publish_attributes(etch.clone()));
     etch.refresh_free_pages()?;
     let checkpointer = Checkpointer::start(etch.clone());
     let autocompactor = crate::autocompact::spawn(etch.clone());
@@ -171,6 +225,30 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let mut servers = Vec::new();
+    let mut peer_servers = Vec::new();
+    // The peer service: only a cluster of more than one member has peers to serve.
+    if !others.is_empty() {
+        for l in &cfg.listen_peer {
+            let addr = l.addr;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} for peers: {e}"))?;
+            tracing::info!(%addr, "serving peer traffic");
+            let mut stop_rx = stop_tx.subscribe();
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            peer_servers.push(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(
+                        PeerServer::new(PeerService { etch: etch.clone() })
+                            .max_decoding_message_size(PEER_MESSAGE_MAX),
+                    )
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop_rx.recv().await;
+                    }),
+            ));
+        }
+    }
     for l in &cfg.listen_client {
         let addr = l.addr;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -226,6 +304,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     );
 
     wait_for_signal(&etch).await;
+    publisher.abort();
+    if etch.node.status().is_leader && !others.is_empty() {
+        hand_over_leadership(&etch).await;
+    }
     tracing::info!("stopping: finishing in-flight requests");
     let _ = stop_tx.send(());
     if let Some(a) = autocompactor {
@@ -240,6 +322,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    // Peers hold their streams open for as long as they run: the peer listener stops
+    // without waiting for them.
+    for s in peer_servers {
+        s.abort();
     }
     checkpointer.stop();
     etch.node.stop();
@@ -256,6 +343,31 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         Some(why) => Err(why),
         None => Ok(()),
     }
+}
+
+/// The largest message the peer service accepts: a batch of raft messages or one
+/// snapshot chunk, with room to spare.
+const PEER_MESSAGE_MAX: usize = 64 << 20;
+
+/// A leader that stops hands leadership to a caught-up follower first, as etcd does, so
+/// a rolling restart costs no election timeout. Waits at most one election timeout.
+async fn hand_over_leadership(etch: &Etch) {
+    let me = etch.member_id;
+    etch.node.transfer_leadership();
+    let wait = etch.cfg.heartbeat * etch.cfg.election_ticks as u32;
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        let st = etch.node.status();
+        if st.leader != me && st.leader != 0 {
+            tracing::info!(
+                to = %format!("{:x}", st.leader),
+                "handed leadership over before stopping"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!("no follower took leadership before the stop");
 }
 
 /// Every gRPC service, instrumented and with etcd's message size limit.

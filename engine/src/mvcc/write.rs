@@ -219,6 +219,12 @@ impl<'s> MvccTxn<'s> {
         Ok(())
     }
 
+    /// Reads a value of a meta tree as this transaction sees it.
+    pub fn meta_get(&mut self, tree: &[u8], key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let t = self.w.open_tree(tree)?;
+        Ok(self.w.get(t, key)?.map(<[u8]>::to_vec))
+    }
+
     pub fn meta_delete(&mut self, tree: &[u8], key: &[u8]) -> Result<bool> {
         let t = self.w.open_tree(tree)?;
         Ok(self.w.delete(t, key)?)
