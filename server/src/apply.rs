@@ -16,6 +16,9 @@ use crate::lessor::Lessor;
 use crate::pb::etcdserverpb::alarm_request::AlarmAction;
 use crate::pb::etchpb::{InternalRequest, internal_request::Request};
 
+/// etcd warns about an apply slower than this.
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
 /// What applying one write produced.
 #[derive(Debug)]
 pub enum WriteResult {
@@ -78,6 +81,7 @@ impl StateMachine for Apply {
         entries: &[Committed<'_>],
         applied: &Applied,
     ) -> Result<Vec<Output>, String> {
+        let applying = std::time::Instant::now();
         let mut tx = self.store.write().map_err(fatal)?;
         let mut outs = Vec::with_capacity(entries.len());
         let mut compacted = false;
@@ -169,6 +173,11 @@ impl StateMachine for Apply {
         let started = std::time::Instant::now();
         let rev = tx.commit().map_err(fatal)?;
         self.metrics.backend_commit.observe(started.elapsed());
+        if applying.elapsed() > SLOW_APPLY {
+            self.metrics
+                .slow_applies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.revision_tx.send_replace(rev);
         for (id, ttl) in granted {
             self.lessor.granted(id, ttl);

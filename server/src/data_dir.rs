@@ -8,6 +8,7 @@ use etch_engine::mvcc::{Snapshot, Store};
 use sha2::Digest as _;
 
 use crate::alarms::ALARM_TREE;
+use crate::members::MEMBERS_TREE;
 
 /// Meta tree of cluster identity (local, not replicated).
 pub const CLUSTER_TREE: &[u8] = b"etch.cluster";
@@ -108,14 +109,14 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tx.meta_delete(CLUSTER_TREE, b"cluster_id")
         .map_err(|e| e.to_string())?;
-    for (k, _) in store
-        .read()
-        .map_err(|e| e.to_string())?
-        .meta_entries(ALARM_TREE)
-        .map_err(|e| e.to_string())?
-    {
-        tx.meta_delete(ALARM_TREE, &k).map_err(|e| e.to_string())?;
+    // The old cluster's alarms and members go: the first start lists the new members.
+    let snap = store.read().map_err(|e| e.to_string())?;
+    for tree in [ALARM_TREE, MEMBERS_TREE] {
+        for (k, _) in snap.meta_entries(tree).map_err(|e| e.to_string())? {
+            tx.meta_delete(tree, &k).map_err(|e| e.to_string())?;
+        }
     }
+    drop(snap);
     tx.commit().map_err(|e| e.to_string())?;
     store.checkpoint().map_err(|e| e.to_string())?;
     let f = std::fs::File::open(&db_path).map_err(|e| e.to_string())?;

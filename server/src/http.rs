@@ -138,6 +138,7 @@ async fn metrics(State(etch): State<Arc<Etch>>) -> axum::response::Response {
             &etch.metrics,
             &etch.node,
             &etch.store,
+            &etch.peers,
             etch.cfg.quota_backend_bytes,
             etch.size_in_use(),
         )

@@ -38,7 +38,7 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> ([u64; SYNC_BUCKETS], u64, u64) {
+    pub fn snapshot(&self) -> ([u64; SYNC_BUCKETS], u64, u64) {
         let mut b = [0; SYNC_BUCKETS];
         for (i, x) in self.buckets.iter().enumerate() {
             b[i] = x.load(Ordering::Relaxed);
@@ -58,6 +58,8 @@ pub struct Metrics {
     pub proposals_failed: AtomicU64,
     pub proposals_pending: AtomicI64,
     pub backend_commit: Histogram,
+    /// Applied batches that took longer than etcd's 100 ms warning threshold.
+    pub slow_applies: AtomicU64,
     /// Snapshots from the leader installed.
     pub snapshot_installs: AtomicU64,
     /// Time spent installing them.
@@ -201,11 +203,85 @@ fn keys_total(m: &Metrics, store: &Store) -> i64 {
     n
 }
 
+/// etcd's per-peer network metrics, labelled as etcd labels them.
+fn peer_metrics(out: &mut String, peers: &crate::peer::Peers) {
+    let stats: Vec<(u64, Arc<crate::peer::PeerStats>)> = peers
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(id, s)| (*id, s.clone()))
+        .collect();
+    let mut stats = stats;
+    stats.sort_by_key(|(id, _)| *id);
+    let heartbeat_failures: u64 = stats
+        .iter()
+        .map(|(_, s)| s.heartbeat_send_failures.load(Ordering::Relaxed))
+        .sum();
+    counter(
+        out,
+        "etcd_server_heartbeat_send_failures_total",
+        "Heartbeats that could not be sent.",
+        heartbeat_failures,
+    );
+    type Pick = fn(&crate::peer::PeerStats) -> &AtomicU64;
+    let families: [(&str, &str, &str, Pick); 3] = [
+        (
+            "etcd_network_peer_sent_bytes_total",
+            "Bytes sent to peers.",
+            "To",
+            |s| &s.sent_bytes,
+        ),
+        (
+            "etcd_network_peer_received_bytes_total",
+            "Bytes received from peers.",
+            "From",
+            |s| &s.received_bytes,
+        ),
+        (
+            "etcd_network_peer_sent_failures_total",
+            "Messages to peers that were dropped.",
+            "To",
+            |s| &s.sent_failures,
+        ),
+    ];
+    for (name, help, label, pick) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (id, s) in &stats {
+            let _ = writeln!(
+                out,
+                "{name}{{{label}=\"{id:x}\"}} {}",
+                pick(s).load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "etcd_network_peer_round_trip_time_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Round trip of connecting to a peer.\n# TYPE {name} histogram"
+    );
+    for (id, s) in &stats {
+        let (b, sum, count) = s.rtt.snapshot();
+        for (i, bound) in SYNC_BUCKET_BOUNDS_US.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{To=\"{id:x}\",le=\"{}\"}} {}",
+                *bound as f64 / 1e6,
+                b[i]
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{To=\"{id:x}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{To=\"{id:x}\"}} {}", sum as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{To=\"{id:x}\"}} {count}");
+    }
+}
+
 /// The Prometheus text page. Blocking (it may count keys): call off the async threads.
 pub fn render<O: Send + 'static>(
     m: &Metrics,
     node: &Node<O>,
     store: &Store,
+    peers: &crate::peer::Peers,
     quota_backend_bytes: u64,
     size_in_use: u64,
 ) -> String {
@@ -315,6 +391,34 @@ pub fn render<O: Send + 'static>(
         "Checkpoints of the data file.",
         stats.checkpoints,
     );
+    counter(
+        &mut out,
+        "etcd_server_leader_changes_seen_total",
+        "Leader changes this member has seen.",
+        node.leader_changes(),
+    );
+    counter(
+        &mut out,
+        "etcd_server_slow_apply_total",
+        "Applied batches that took over 100 ms.",
+        m.slow_applies.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "etch_snapshot_installs_total",
+        "Snapshots from the leader installed on this member.",
+        m.snapshot_installs.load(Ordering::Relaxed),
+    );
+    let (b, sum, count) = m.snapshot_install.snapshot();
+    histogram(
+        &mut out,
+        "etch_snapshot_install_duration_seconds",
+        "Installing one snapshot from the leader.",
+        &b,
+        sum,
+        count,
+    );
+    peer_metrics(&mut out, peers);
     let _ = writeln!(
         out,
         "# HELP grpc_server_handled_total RPCs completed, by method and status code.\n# TYPE grpc_server_handled_total counter"

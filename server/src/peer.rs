@@ -62,8 +62,8 @@ pub struct PeerStats {
     pub received_bytes: AtomicU64,
     pub sent_failures: AtomicU64,
     pub heartbeat_send_failures: AtomicU64,
-    /// Round trip of the last dial, in microseconds.
-    pub rtt_us: AtomicU64,
+    /// Round trips of dialling the peer.
+    pub rtt: crate::metrics::Histogram,
 }
 
 /// The other members as the transport knows them.
@@ -261,9 +261,7 @@ async fn run_sender(
                 continue;
             }
         };
-        stats
-            .rtt_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.rtt.observe(started.elapsed());
         backoff = BACKOFF_MIN;
         let (stream_tx, stream_rx) = mpsc::channel::<ppb::RaftBatch>(STREAM_BUFFER);
         let mut client = PeerClient::new(ch);

@@ -293,6 +293,28 @@ async fn three_members_replicate_and_serve_on_every_member() {
     }
     converged(&cl, "mlist-probe", "x").await;
     assert_same_hash(&cl).await;
+    // etcd's peer metrics, per peer.
+    let (code, text) = common::http_get(cl.specs[leader].client_port, "/metrics");
+    assert_eq!(code, 200);
+    let sent: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("etcd_network_peer_sent_bytes_total{To="))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a count")
+        })
+        .collect();
+    assert_eq!(sent.len(), 2, "one series per peer: {text}");
+    assert!(
+        sent.iter().all(|n| *n > 0),
+        "the leader sent to both peers: {sent:?}"
+    );
+    assert!(
+        text.contains("etcd_server_leader_changes_seen_total 1"),
+        "{text}"
+    );
 
     // etcdctl against all three, as an operator runs it.
     let out = std::process::Command::new(etcd_bin_dir().join("etcdctl"))
@@ -707,4 +729,76 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `etcdctl snapshot save` from one member of a cluster, `etch snapshot restore` into
+/// three new data dirs, and the new cluster serves the data with its own members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_a_new_cluster() {
+    let cl = Cluster::start(3, &[]);
+    let mut c = cl.client_of_live().await;
+    for i in 0..20 {
+        c.put(format!("b/{i:02}"), format!("v{i}"), None)
+            .await
+            .expect("put");
+    }
+    let rev = common::current_rev(&mut c).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = dir.path().join("backup.db");
+    let out = std::process::Command::new(etcd_bin_dir().join("etcdctl"))
+        .args(["--endpoints", &cl.endpoint(1), "snapshot", "save"])
+        .arg(&backup)
+        .output()
+        .expect("etcdctl snapshot save");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(cl);
+    let specs = specs(3);
+    let mut members = Vec::new();
+    for s in &specs {
+        let data = dir.path().join(&s.name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_etch"))
+            .args(["snapshot", "restore"])
+            .arg(&backup)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("etch snapshot restore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = format!("http://127.0.0.1:{}", s.client_port);
+        let flags = member_flags(s, &specs, "restored");
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        members.push(Etch::start_at(&data, s.client_port, &url, &flags));
+    }
+    let restored = Cluster {
+        members,
+        specs,
+        _dir: dir,
+    };
+    let mut c = restored.client_of_live().await;
+    let r = eventually("the restored cluster serves", || {
+        let mut c = c.clone();
+        async move {
+            c.get("b/", Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    assert_eq!(r.count(), 20);
+    assert!(r.header().expect("header").revision() >= rev);
+    let l = c.member_list().await.expect("member list");
+    let mut names: Vec<&str> = l.members().iter().map(|m| m.name()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["m0", "m1", "m2"], "only the new members are listed");
+    c.put("b/new", "x", None).await.expect("writes go on");
+    converged(&restored, "b/new", "x").await;
+    assert_same_hash(&restored).await;
 }
