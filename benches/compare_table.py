@@ -123,6 +123,8 @@ def main(path):
     row("watch: delivery p50 ms (from put sent)", "lower", "watch", res("from_send_p50_ms"), ms)
     row("watch: events missed", "lower", "watch", res("events_missed"))
     row("watch: creating the watchers, s", "lower", "watch", res("setup_seconds"), "{:.3f}")
+    row("failover: SIGKILL of the leader → first acknowledged write, ms", "lower",
+        "failover", res("ready_ms"), "{:,.0f}")
     row("many keys: load, puts/s (256 clients)", "higher", "big", res("throughput"))
     row("many keys: RSS after load, MiB", "lower", "big", lambda r: r["rss_kib"] / 1024,
         "{:,.0f}")

@@ -370,12 +370,17 @@ pub async fn ensure_keys(
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Waits until a linearizable get succeeds, retrying with fresh connections every few
+/// Waits until a linearizable get (with `--put true`, a put: the first acknowledged
+/// write, for failover) succeeds, retrying with fresh connections every few
 /// milliseconds; prints the time since `--since-ns` (Unix epoch nanoseconds, taken when
-/// the server process was started) or since this command started.
+/// the server process was started or the leader killed) or since this command started.
 pub async fn ready(c: &Common, a: &mut Args) -> Result<String> {
     let since_ns: u128 = a.get("since-ns", 0)?;
     let timeout = Duration::from_secs_f64(a.get("timeout", 120.0)?);
+    let put: bool = a.get("put", false)?;
+    // One attempt's limit: a request sent to a member that lost its leader waits this
+    // long at most before the next attempt.
+    let attempt = Duration::from_secs_f64(a.get("attempt-seconds", 5.0)?);
     a.finish()?;
     let started = Instant::now();
     let epoch_ns = || {
@@ -391,10 +396,14 @@ pub async fn ready(c: &Common, a: &mut Args) -> Result<String> {
         attempts += 1;
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_millis(500))
-            .with_timeout(Duration::from_secs(5));
+            .with_timeout(attempt);
         match Client::connect(&c.endpoints, Some(opts)).await {
-            Ok(mut client) => match client.get("etch-bench/ready", None).await {
-                Ok(_) => {
+            Ok(mut client) => match if put {
+                client.put("etch-bench/ready", "1", None).await.map(|_| ())
+            } else {
+                client.get("etch-bench/ready", None).await.map(|_| ())
+            } {
+                Ok(()) => {
                     let ms = epoch_ns().saturating_sub(base_ns) as f64 / 1e6;
                     let mut j = Json::new();
                     j.str("workload", "ready");
