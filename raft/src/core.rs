@@ -41,6 +41,8 @@ pub struct CoreConfig {
     pub applied: Applied,
     /// Proposals held while there is no leader, beyond which new ones fail.
     pub pending_max: usize,
+    /// Ticks a proposal is held waiting for a leader before it fails with `NoLeader`.
+    pub held_ticks_max: u64,
     /// Seeds the election jitter.
     pub seed: u64,
     /// Makes read contexts unique across members and restarts.
@@ -130,8 +132,11 @@ pub struct Core<D: LogDisk> {
     rng: SmallRng,
     election_ticks: usize,
     ids: IdGen,
-    /// Proposals held while no leader is known.
-    held: Vec<(RequestId, Vec<u8>)>,
+    /// Proposals held while no leader is known, with the tick they arrived at.
+    held: VecDeque<(RequestId, Vec<u8>, u64)>,
+    held_ticks_max: u64,
+    /// Ticks since start.
+    ticks: u64,
     pending_max: usize,
     reads_waiting: Vec<RequestId>,
     reads_inflight: BTreeMap<u64, ReadRound>,
@@ -180,7 +185,9 @@ impl<D: LogDisk> Core<D> {
             rng: SmallRng::seed_from_u64(cfg.seed ^ cfg.id),
             election_ticks: cfg.election_ticks,
             ids: cfg.ids,
-            held: Vec::new(),
+            held: VecDeque::new(),
+            held_ticks_max: cfg.held_ticks_max,
+            ticks: 0,
             pending_max: cfg.pending_max,
             reads_waiting: Vec::new(),
             reads_inflight: BTreeMap::new(),
@@ -206,13 +213,34 @@ impl<D: LogDisk> Core<D> {
 
     /// One tick of logical time (one heartbeat interval).
     pub fn tick(&mut self) {
-        self.raw.tick();
+        // While a snapshot is being installed, raft-rs has dropped it from its unstable
+        // log but not yet counted it applied: a campaign then would read the entries
+        // below the snapshot, which are gone. A member installing one is a follower, and
+        // its election clock waits for the install (bounded) to end.
+        if !self.installing() {
+            self.raw.tick();
+        }
+        self.ticks += 1;
         self.pin_jitter();
         self.retry_reads();
+        // A proposal never waits for a leader forever: its requester hears `NoLeader`.
+        while self
+            .held
+            .front()
+            .is_some_and(|h| self.ticks - h.2 >= self.held_ticks_max)
+        {
+            let (req, _, _) = self.held.pop_front().expect("checked above");
+            self.replies.push((req, Err(Error::NoLeader)));
+        }
     }
 
     /// A message from a peer.
     pub fn step(&mut self, m: Message) {
+        if m.msg_type == MessageType::MsgTimeoutNow && self.installing() {
+            // A leader hand-over would campaign (see `tick`); the old leader keeps the
+            // lead when its transfer times out.
+            return;
+        }
         if let Err(e) = self.raw.step(m) {
             tracing::debug!("raft: step: {e}");
         }
@@ -232,7 +260,7 @@ impl<D: LogDisk> Core<D> {
             if self.held.len() >= self.pending_max {
                 self.replies.push((req, Err(Error::TooManyPending)));
             } else {
-                self.held.push((req, data));
+                self.held.push_back((req, data, self.ticks));
             }
             return;
         }
@@ -448,13 +476,34 @@ impl<D: LogDisk> Core<D> {
                 }
             }
         }
-        // Handed-off entries live on on the disk; memory keeps only a short tail of them.
-        self.raw.mut_store().trim_memory(last)?;
+        // Handed-off entries live on on the disk; memory keeps a tail of them for
+        // followers that are behind but still replicating (a dead one gets a snapshot
+        // when it comes back).
+        let lagging = self.lagging_follower();
+        self.raw.mut_store().trim_memory(last, lagging)?;
         fx.apply.push(Apply::Entries(ApplyBatch {
             entries,
             conf_state: self.raw.store().conf_state().clone(),
         }));
         Ok(Some(last))
+    }
+
+    /// Whether a snapshot handed to the state machine is not yet counted applied.
+    fn installing(&self) -> bool {
+        self.raw.raft.raft_log.applied < self.raw.store().snap_index()
+    }
+
+    /// On a leader, the lowest index a recently active follower holds.
+    fn lagging_follower(&self) -> Option<u64> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            return None;
+        }
+        r.prs()
+            .iter()
+            .filter(|(id, p)| **id != r.id && p.recent_active)
+            .map(|(_, p)| p.matched)
+            .min()
     }
 
     /// Replaces raft-rs's election jitter with a draw from the core's seeded RNG whenever
@@ -555,7 +604,7 @@ impl<D: LogDisk> Core<D> {
                 "raft: leader changed"
             );
             if st.leader != 0 {
-                for (req, data) in std::mem::take(&mut self.held) {
+                for (req, data, _) in std::mem::take(&mut self.held) {
                     self.propose(req, data);
                 }
             }
@@ -564,11 +613,72 @@ impl<D: LogDisk> Core<D> {
 
     /// Takes every request the core still holds unanswered (at stop, to fail them).
     pub fn take_waiting(&mut self) -> Vec<RequestId> {
-        let mut reqs: Vec<RequestId> = self.held.drain(..).map(|(r, _)| r).collect();
+        let mut reqs: Vec<RequestId> = self.held.drain(..).map(|(r, _, _)| r).collect();
         reqs.append(&mut self.reads_waiting);
         for (_, round) in std::mem::take(&mut self.reads_inflight) {
             reqs.extend(round.reqs);
         }
         reqs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemDisk;
+
+    fn lone_member_of_three() -> Core<MemDisk> {
+        let applied = Applied {
+            index: 0,
+            term: 0,
+            conf_state: ConfState::default(),
+        };
+        let log = MemDisk::new()
+            .open(&applied, ConfState::from((vec![1, 2, 3], vec![])))
+            .unwrap();
+        Core::new(
+            CoreConfig {
+                id: 1,
+                election_ticks: 10,
+                applied,
+                pending_max: 2,
+                held_ticks_max: 30,
+                seed: 7,
+                ids: IdGen::new(1, 1),
+            },
+            log,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_proposal_with_no_leader_fails_after_the_hold_limit() {
+        // Members 2 and 3 never answer: no leader is ever known.
+        let mut c = lone_member_of_three();
+        c.propose(11, b"a".to_vec());
+        c.propose(12, b"b".to_vec());
+        // Beyond `pending_max` a proposal fails at once.
+        c.propose(13, b"c".to_vec());
+        let fx = c.ready().unwrap();
+        assert_eq!(fx.replies.len(), 1, "{:?}", fx.replies);
+        assert_eq!(fx.replies[0].0, 13);
+        assert!(matches!(fx.replies[0].1, Err(Error::TooManyPending)));
+        for _ in 0..29 {
+            c.tick();
+            assert!(c.ready().unwrap().replies.is_empty());
+        }
+        c.tick();
+        let fx = c.ready().unwrap();
+        let mut failed: Vec<RequestId> = fx
+            .replies
+            .iter()
+            .map(|(r, e)| {
+                assert!(matches!(e, Err(Error::NoLeader)), "{e:?}");
+                *r
+            })
+            .collect();
+        failed.sort_unstable();
+        assert_eq!(failed, vec![11, 12]);
+        assert!(c.take_waiting().is_empty());
     }
 }

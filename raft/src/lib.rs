@@ -231,6 +231,9 @@ pub struct Config {
     /// Entries kept in memory below the applied index for slow followers (etcd's
     /// `--snapshot-catchup-entries`); one further behind gets a snapshot.
     pub catchup_entries: u64,
+    /// Entries kept at most below the applied index while a follower that is still
+    /// replicating lags behind (etcd keeps up to `--snapshot-count` in memory).
+    pub retained_max: u64,
 }
 
 impl Config {
@@ -244,6 +247,7 @@ impl Config {
             wal: wal::Options::default(),
             pending_max: 16 * 1024,
             catchup_entries: RETAINED_ENTRIES,
+            retained_max: RETAINED_ENTRIES,
         }
     }
 }

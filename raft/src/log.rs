@@ -64,7 +64,6 @@ fn decode_snapshot_record(p: &[u8]) -> Result<(u64, u64, ConfState)> {
 #[derive(Debug)]
 pub struct Replay {
     first: u64,
-    applied_index: u64,
     hard_state: HardState,
     entries: VecDeque<Entry>,
     snap: Option<(u64, u64, ConfState)>,
@@ -74,7 +73,6 @@ impl Replay {
     pub fn new(applied: &Applied) -> Replay {
         Replay {
             first: applied.index + 1,
-            applied_index: applied.index,
             hard_state: HardState::default(),
             entries: VecDeque::new(),
             snap: None,
@@ -114,8 +112,8 @@ impl Replay {
                 }
                 if self.entries.is_empty() && e.index != self.first {
                     return Err(Error::Corrupt(format!(
-                        "the log resumes at entry {} but the state machine holds up to {}",
-                        e.index, self.applied_index
+                        "the log resumes at entry {} but entry {} comes next",
+                        e.index, self.first
                     )));
                 }
                 self.entries.push_back(e);
@@ -130,9 +128,9 @@ impl Replay {
                 while self.entries.front().is_some_and(|e| e.index <= idx) {
                     self.entries.pop_front();
                 }
-                if self.entries.is_empty() {
-                    self.first = self.applied_index.max(idx) + 1;
-                }
+                // Whatever follows (now, or after a truncate empties the tail) resumes
+                // just above the snapshot.
+                self.first = self.first.max(idx + 1);
                 self.snap = Some((idx, term, cs));
             }
             RecordKind::Truncate => {
@@ -208,6 +206,7 @@ impl Replay {
             disk_compacted: applied.index,
             last_seq: 0,
             retained: RETAINED_ENTRIES,
+            retained_max: RETAINED_ENTRIES,
         })
     }
 }
@@ -229,6 +228,8 @@ pub struct Log<D> {
     last_seq: u64,
     /// Entries kept in memory below the applied index.
     retained: u64,
+    /// Entries kept at most below the applied index for a lagging follower.
+    retained_max: u64,
 }
 
 impl<D> std::fmt::Debug for Log<D> {
@@ -260,6 +261,11 @@ impl<D: LogDisk> Log<D> {
 
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
+    }
+
+    /// The index below the first entry held in memory (raft-rs's snapshot index).
+    pub fn snap_index(&self) -> u64 {
+        self.snap_index
     }
 
     pub fn last_index(&self) -> u64 {
@@ -358,16 +364,23 @@ impl<D: LogDisk> Log<D> {
         Ok(seq)
     }
 
-    /// How many entries below the applied index memory keeps (default
-    /// [`RETAINED_ENTRIES`]).
-    pub fn set_retained(&mut self, n: u64) {
+    /// How many entries below the applied index memory keeps for any follower (default
+    /// [`RETAINED_ENTRIES`]), and at most for a follower that is still replicating
+    /// (default the same).
+    pub fn set_retained(&mut self, n: u64, max: u64) {
         self.retained = n;
+        self.retained_max = max.max(n);
     }
 
-    /// Drops from memory the entries more than the retained count below `applied`
-    /// (handed to the state machine). The disk still holds them until `compact`.
-    pub fn trim_memory(&mut self, applied: u64) -> Result<()> {
-        let keep_from = applied.saturating_sub(self.retained);
+    /// Drops from memory the entries handed to the state machine (up to `applied`) that
+    /// no follower needs: it keeps the retained count below `applied`, and down to
+    /// `lagging` (the lowest index a live follower has) within the retained maximum. The
+    /// disk still holds them until `compact`.
+    pub fn trim_memory(&mut self, applied: u64, lagging: Option<u64>) -> Result<()> {
+        let mut keep_from = applied.saturating_sub(self.retained);
+        if let Some(m) = lagging {
+            keep_from = keep_from.min(m.max(applied.saturating_sub(self.retained_max)));
+        }
         if keep_from <= self.snap_index || keep_from > self.last_index() {
             return Ok(());
         }
@@ -453,5 +466,69 @@ impl<D: LogDisk> raft::Storage for Log<D> {
         m.term = self.snap_term;
         m.set_conf_state(self.conf_state.clone());
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Vec<u8> {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()
+    }
+
+    fn snapshot(index: u64, term: u64) -> Vec<u8> {
+        encode_snapshot_record(index, term, &ConfState::default()).unwrap()
+    }
+
+    #[test]
+    fn an_install_over_a_longer_tail_resumes_above_the_snapshot() {
+        // Entries 6..=8 were logged, then a snapshot at 20 was installed (snapshot record,
+        // then a truncate of everything above it), then entries 21, 22 followed.
+        let applied = Applied {
+            index: 5,
+            term: 1,
+            conf_state: ConfState::default(),
+        };
+        let mut r = Replay::new(&applied);
+        for i in 6..=8 {
+            r.record(RecordKind::Entry, i, &entry(i, 1)).unwrap();
+        }
+        r.record(RecordKind::Snapshot, 20, &snapshot(20, 2))
+            .unwrap();
+        r.record(RecordKind::Truncate, 21, &[]).unwrap();
+        r.record(RecordKind::Entry, 21, &entry(21, 2)).unwrap();
+        r.record(RecordKind::Entry, 22, &entry(22, 2)).unwrap();
+        let got: Vec<u64> = r.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![21, 22]);
+    }
+
+    #[test]
+    fn a_compaction_keeps_the_tail_above_it() {
+        let applied = Applied {
+            index: 0,
+            term: 0,
+            conf_state: ConfState::default(),
+        };
+        let mut r = Replay::new(&applied);
+        for i in 1..=4 {
+            r.record(RecordKind::Entry, i, &entry(i, 1)).unwrap();
+        }
+        r.record(RecordKind::Snapshot, 2, &snapshot(2, 1)).unwrap();
+        r.record(RecordKind::Entry, 5, &entry(5, 1)).unwrap();
+        let got: Vec<u64> = r.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![3, 4, 5]);
+        // A gap after the snapshot is corruption, not a silent skip.
+        let mut r = Replay::new(&applied);
+        r.record(RecordKind::Snapshot, 9, &snapshot(9, 1)).unwrap();
+        let err = r.record(RecordKind::Entry, 11, &entry(11, 1)).unwrap_err();
+        assert!(err.to_string().contains("comes next"), "{err}");
     }
 }

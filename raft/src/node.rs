@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::thread::JoinHandle;
@@ -21,8 +21,13 @@ use crate::{
 
 /// Messages taken from the inbox per loop turn, so ticks and Readys keep flowing.
 const INBOX_BATCH_MAX: usize = 8192;
-/// Apply batches queued before the node loop waits for the applier.
-const APPLY_QUEUE_MAX: usize = 64;
+/// Apply batches the applier folds into one state-machine transaction. The queue to it is
+/// unbounded: the node loop never waits for the applier (a member applying slowly must
+/// still answer heartbeats). Proposers are refused once applying lags committing too far
+/// (the server's check), which bounds it.
+const APPLY_BATCHES_MAX: usize = 64;
+/// Ticks between sweeps of the waiters whose requesters gave up.
+const SWEEP_TICKS: u64 = 10;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -127,7 +132,7 @@ impl<O: Send + 'static> Node<O> {
         assert!(cfg.id != 0, "raft member id 0 is reserved");
         let initial = ConfState::from((cfg.initial_voters.clone(), vec![]));
         let mut log = WalDisk::open(&cfg.wal_dir, cfg.wal.clone(), &applied, initial)?;
-        log.set_retained(cfg.catchup_entries);
+        log.set_retained(cfg.catchup_entries, cfg.retained_max);
         let boot = boot_millis();
         let mut core = Core::new(
             CoreConfig {
@@ -135,6 +140,8 @@ impl<O: Send + 'static> Node<O> {
                 election_ticks: cfg.election_ticks,
                 applied: applied.clone(),
                 pending_max: cfg.pending_max,
+                // etcd's request timeout (5 s at its default tick).
+                held_ticks_max: 5 * cfg.election_ticks as u64,
                 seed: boot,
                 // Read contexts and proposal ids never meet, but both must be unique
                 // across members: the same prefix serves both.
@@ -156,7 +163,7 @@ impl<O: Send + 'static> Node<O> {
         core.set_waker(Waker::from(waker.clone()));
         let installed_tx = Mutex::new(inbox_tx.clone());
         let inbox: Inbox<O> = Arc::new(Mutex::new(Some(inbox_tx)));
-        let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE_MAX);
+        let (apply_tx, apply_rx) = mpsc::channel();
         let (applied_tx, applied_rx) = watch::channel(applied.index);
         let applier = {
             let shared = shared.clone();
@@ -182,6 +189,7 @@ impl<O: Send + 'static> Node<O> {
                 reads: HashMap::new(),
                 ids: IdGen::new(cfg.id, boot),
                 tick: cfg.tick,
+                ticks: 0,
                 last_leader: 0,
             };
             std::thread::Builder::new()
@@ -346,13 +354,14 @@ struct Loop<O, T> {
     /// Closed at shutdown, before the inbox is drained.
     gate: Inbox<O>,
     waker: Arc<InboxWaker<O>>,
-    apply: SyncSender<ApplyJob<O>>,
+    apply: Sender<ApplyJob<O>>,
     transport: T,
     shared: Arc<Shared>,
     proposals: HashMap<RequestId, Reply<O>>,
     reads: HashMap<RequestId, Reply<u64>>,
     ids: IdGen,
     tick: Duration,
+    ticks: u64,
     last_leader: u64,
 }
 
@@ -379,6 +388,13 @@ impl<O: Send + 'static, T: Transport> Loop<O, T> {
             if Instant::now() >= next_tick {
                 self.core.tick();
                 next_tick = Instant::now() + self.tick;
+                self.ticks += 1;
+                if self.ticks.is_multiple_of(SWEEP_TICKS) {
+                    // Requesters that gave up (a timeout, a closed stream) leave their
+                    // waiters behind; their entries may still apply, unanswered.
+                    self.proposals.retain(|_, tx| !tx.is_closed());
+                    self.reads.retain(|_, tx| !tx.is_closed());
+                }
             }
             let r = self.core.ready().and_then(|fx| self.effects(fx));
             if let Err(e) = r {
@@ -564,7 +580,7 @@ fn run_applier<S: StateMachine>(
             ApplyJob::Entries(first) => {
                 // Everything already queued applies as one state-machine transaction.
                 let mut batches = vec![first];
-                while batches.len() < APPLY_QUEUE_MAX {
+                while batches.len() < APPLY_BATCHES_MAX {
                     match rx.try_recv() {
                         Ok(ApplyJob::Entries(b)) => batches.push(b),
                         Ok(j) => {

@@ -183,6 +183,35 @@ impl Etch {
 }
 
 impl Etch {
+    /// Returns once this member has applied everything committed when it was called (at
+    /// most the request timeout): a leader may know a lease a follower has already told
+    /// its client about, before applying its grant.
+    pub async fn caught_up_to_commit(&self) {
+        let commit = self.node.status().commit;
+        let mut applied = self.node.applied();
+        let _ =
+            tokio::time::timeout(self.request_timeout(), applied.wait_for(|a| *a >= commit)).await;
+    }
+
+    /// The leader's keep-alive: the lease's TTL, or 0 for an unknown lease (etcd's answer).
+    pub async fn renew_lease(&self, id: i64) -> i64 {
+        if let Some(ttl) = self.lessor.renew(id) {
+            return ttl;
+        }
+        self.caught_up_to_commit().await;
+        self.lessor.renew(id).unwrap_or(0)
+    }
+
+    /// The leader's (granted TTL, seconds left) of a live lease, as of every committed
+    /// grant.
+    pub async fn lease_remaining(&self, id: i64) -> Option<(i64, i64)> {
+        if let Some(r) = self.lessor.remaining(id) {
+            return Some(r);
+        }
+        self.caught_up_to_commit().await;
+        self.lessor.remaining(id)
+    }
+
     /// Asks the leader a lease question only it can answer (keep-alive, time-to-live):
     /// here if this member leads, else over the peer service.
     pub async fn lease_at_leader(

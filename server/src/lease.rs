@@ -26,6 +26,8 @@ use crate::pb::etchpb::{InternalRequest, internal_request};
 
 /// What etcd charges a grant against the quota.
 const LEASE_OVERHEAD_BYTES: usize = 64;
+/// How often the expiry task checks that this member still leads in the same term.
+const LEADERSHIP_CHECK: Duration = Duration::from_millis(500);
 
 async fn propose(etch: &Etch, req: internal_request::Request) -> Result<WriteResult, EtcdError> {
     let bytes = InternalRequest { request: Some(req) }.encode_to_vec();
@@ -35,19 +37,24 @@ async fn propose(etch: &Etch, req: internal_request::Request) -> Result<WriteRes
 /// Revokes expired leases while this member leads.
 pub fn spawn_expiry(etch: Arc<Etch>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut leading = etch.node.status().is_leader;
+        // The term this member last took the lead in. A member that led, lost the lead
+        // and won it back in a later term missed keep-alives in between, just as a
+        // member leading for the first time.
+        let st = etch.node.status();
+        let mut leading_term = st.is_leader.then_some(st.term);
         loop {
-            if !etch.node.status().is_leader {
-                leading = false;
+            let st = etch.node.status();
+            if !st.is_leader {
+                leading_term = None;
                 // Only the leader revokes; a follower (or a member still electing) waits.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            if !leading {
+            if leading_term != Some(st.term) {
                 // A new leader never saw the keep-alives its predecessor took: every lease
                 // gets its remaining TTL plus an election timeout before any may expire
                 // (etcd's promote).
-                leading = true;
+                leading_term = Some(st.term);
                 let extend = etch.cfg.heartbeat * etch.cfg.election_ticks as u32;
                 if let Err(e) = etch.lessor.reload(&etch.store, extend) {
                     tracing::error!("reloading leases as the new leader: {e}");
@@ -69,10 +76,9 @@ pub fn spawn_expiry(etch: Arc<Etch>) -> tokio::task::JoinHandle<()> {
                     }
                 });
             }
-            let sleep = match next {
-                Some(d) => tokio::time::sleep_until(d),
-                None => tokio::time::sleep(Duration::from_secs(3600)),
-            };
+            // Wake often enough to notice a lost (or retaken) lead.
+            let soon = Instant::now() + LEADERSHIP_CHECK;
+            let sleep = tokio::time::sleep_until(next.map_or(soon, |d| d.min(soon)));
             tokio::select! {
                 _ = sleep => {}
                 _ = etch.lessor.changed.notified() => {}
@@ -201,7 +207,7 @@ impl Lease for LeaseService {
             while let Ok(Some(r)) = inbound.message().await {
                 let resp = if etch.node.status().is_leader {
                     // An unknown lease answers TTL 0, as etcd does.
-                    let ttl = etch.lessor.renew(r.id).unwrap_or(0);
+                    let ttl = etch.renew_lease(r.id).await;
                     Ok(pb::LeaseKeepAliveResponse {
                         header: Some(etch.header(etch.store.current_revision())),
                         id: r.id,

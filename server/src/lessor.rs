@@ -99,8 +99,11 @@ impl Lessor {
     /// leader (its deadlines were not renewed while it followed; etcd's promote), and
     /// after a snapshot replaced the leases.
     pub fn reload(&self, store: &Store, extend: Duration) -> Result<(), String> {
-        let st = Self::read(store, extend)?;
-        *self.lock() = st;
+        // Read under the lock: a grant or revoke applied meanwhile lands after the swap
+        // rather than in the state being replaced.
+        let mut held = self.lock();
+        *held = Self::read(store, extend)?;
+        drop(held);
         self.changed.notify_one();
         Ok(())
     }

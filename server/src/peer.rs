@@ -30,6 +30,9 @@ use crate::pb::etchpeerpb::peer_client::PeerClient;
 const QUEUE_MAX: usize = 4096;
 /// Messages sent in one batch.
 const BATCH_MAX: usize = 512;
+/// Bytes of messages per batch: a batch stays far below what a peer accepts in one
+/// message (the peer server's decoding limit), however large the entries are.
+const BATCH_BYTES_MAX: usize = 8 << 20;
 /// Batches buffered in one stream before the stream counts as stalled.
 const STREAM_BUFFER: usize = 64;
 /// Snapshot chunk size.
@@ -278,15 +281,19 @@ async fn run_sender(
                 }
                 m = rx.recv() => {
                     let Some(m) = m else { return };
-                    let mut batch = vec![m];
-                    while batch.len() < BATCH_MAX {
+                    let mut messages = vec![etch_raft::encode_message(&m)];
+                    let mut bytes = messages[0].len();
+                    while messages.len() < BATCH_MAX && bytes < BATCH_BYTES_MAX {
                         match rx.try_recv() {
-                            Ok(m) => batch.push(m),
+                            Ok(m) => {
+                                let enc = etch_raft::encode_message(&m);
+                                bytes += enc.len();
+                                messages.push(enc);
+                            }
                             Err(_) => break,
                         }
                     }
-                    let messages: Vec<Vec<u8>> = batch.iter().map(etch_raft::encode_message).collect();
-                    let bytes: usize = messages.iter().map(Vec::len).sum();
+                    let count = messages.len();
                     let b = ppb::RaftBatch {
                         cluster_id: peers.cluster_id,
                         from: peers.member_id,
@@ -298,7 +305,7 @@ async fn run_sender(
                         }
                         Err(_) => {
                             // The stream is stalled or gone: drop and tell raft.
-                            stats.sent_failures.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            stats.sent_failures.fetch_add(count as u64, Ordering::Relaxed);
                             report(&feedback, PeerEvent::Unreachable(to));
                         }
                     }
@@ -455,6 +462,9 @@ impl Drop for RemoveOnDrop {
 pub struct SnapshotInbox {
     pub dir: PathBuf,
     staged: Mutex<std::collections::BTreeMap<u64, PathBuf>>,
+    /// Makes every received file's name unique, so two streams of the same snapshot
+    /// (a retry while the first is still arriving) never write one file.
+    next: AtomicU64,
 }
 
 impl SnapshotInbox {
@@ -469,24 +479,39 @@ impl SnapshotInbox {
         Ok(Arc::new(SnapshotInbox {
             dir,
             staged: Mutex::new(Default::default()),
+            next: Default::default(),
         }))
     }
 
-    /// Keeps `path` as the data of the snapshot at `index`; an older staged file goes.
+    /// A fresh pair of paths for a snapshot at `index` on its way in: where it is
+    /// written, and where it is kept once whole.
+    pub fn paths(&self, index: u64) -> (PathBuf, PathBuf) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (
+            self.dir.join(format!("incoming-{index}-{n}.part")),
+            self.dir.join(format!("incoming-{index}-{n}.db")),
+        )
+    }
+
+    /// Keeps `path` as the data of the snapshot at `index`. Raft may still install any
+    /// staged snapshot, so older ones stay until a newer one is taken; a second copy of
+    /// the same index replaces the first.
     pub fn stage(&self, index: u64, path: PathBuf) {
+        if let Some(old) = lock(&self.staged).insert(index, path) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+
+    /// The data of the snapshot at `index`, for its install. Raft installs snapshots in
+    /// order, so the older staged ones can never be installed any more and go.
+    pub fn take(&self, index: u64) -> Option<PathBuf> {
         let mut s = lock(&self.staged);
-        let old: Vec<u64> = s.range(..=index).map(|(i, _)| *i).collect();
-        for i in old {
-            if let Some(p) = s.remove(&i)
-                && p != path
-            {
+        let older: Vec<u64> = s.range(..index).map(|(i, _)| *i).collect();
+        for i in older {
+            if let Some(p) = s.remove(&i) {
                 let _ = std::fs::remove_file(p);
             }
         }
-        s.insert(index, path);
-    }
-
-    pub fn take(&self, index: u64) -> Option<PathBuf> {
-        lock(&self.staged).remove(&index)
+        s.remove(&index)
     }
 }

@@ -1,11 +1,11 @@
 //! The `etchpeerpb.Peer` service other members call: raft message streams, snapshots from
 //! the leader, and the lease calls followers forward to the leader.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sha2::Digest as _;
+use tokio::io::AsyncWriteExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::etch::Etch;
@@ -73,11 +73,13 @@ impl Peer for PeerService {
         let msg = etch_raft::decode_message(&first.message)
             .map_err(|e| Status::invalid_argument(format!("bad snapshot message: {e}")))?;
         let index = msg.get_snapshot().get_metadata().index;
-        let path = inbox.dir.join(format!("incoming-{index}.db"));
-        let tmp = inbox.dir.join(format!("incoming-{index}.part"));
+        let (tmp, path) = inbox.paths(index);
         // At most the quota, and a margin: a sender cannot fill the disk.
         let max_bytes = self.etch.cfg.quota_backend_bytes.saturating_mul(2);
-        let mut file = std::fs::File::create(&tmp)
+        // tokio's file runs its writes and syncs on the blocking pool, off the threads
+        // that serve clients and raft streams.
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
             .map_err(|e| Status::internal(format!("staging a snapshot: {e}")))?;
         let mut sha = sha2::Sha256::new();
         let mut offset = 0u64;
@@ -114,6 +116,7 @@ impl Peer for PeerService {
                     .fetch_add(c.data.len() as u64, Ordering::Relaxed);
                 sha.update(&c.data);
                 file.write_all(&c.data)
+                    .await
                     .map_err(|e| Status::internal(format!("staging a snapshot: {e}")))?;
                 if c.last {
                     if sha.clone().finalize().as_slice() != c.sha256.as_slice() {
@@ -124,13 +127,20 @@ impl Peer for PeerService {
             }
         }
         .await;
+        let result = match result {
+            Ok(()) => async {
+                file.sync_all().await?;
+                drop(file);
+                tokio::fs::rename(&tmp, &path).await
+            }
+            .await
+            .map_err(|e| Status::internal(format!("staging a snapshot: {e}"))),
+            Err(e) => Err(e),
+        };
         if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
-        file.sync_all()
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| Status::internal(format!("staging a snapshot: {e}")))?;
         tracing::info!(
             index,
             bytes = offset,
@@ -149,7 +159,7 @@ impl Peer for PeerService {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
         self.leader_only()?;
-        let ttl = self.etch.lessor.renew(r.id).unwrap_or(0);
+        let ttl = self.etch.renew_lease(r.id).await;
         Ok(Response::new(ppb::LeaseReply {
             ttl,
             granted_ttl: ttl,
@@ -166,7 +176,7 @@ impl Peer for PeerService {
         self.check_cluster(r.cluster_id)?;
         self.leader_only()?;
         let rev = self.etch.store.current_revision();
-        let Some((granted, left)) = self.etch.lessor.remaining(r.id) else {
+        let Some((granted, left)) = self.etch.lease_remaining(r.id).await else {
             return Ok(Response::new(ppb::LeaseReply {
                 ttl: -1,
                 granted_ttl: 0,

@@ -155,6 +155,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     rcfg.election_ticks = cfg.election_ticks;
     rcfg.initial_voters = listed.iter().map(|m| m.id).collect();
     rcfg.catchup_entries = cfg.snapshot_catchup_entries;
+    rcfg.retained_max = cfg.snapshot_count;
     let node = Node::start(
         rcfg,
         applied.clone(),

@@ -24,6 +24,10 @@ use rand::{Rng, SeedableRng};
 
 pub const TICK_MS: u64 = 10;
 const ELECTION_TICKS: usize = 10;
+/// Entries a leader keeps below its applied index for any follower, and at most for a
+/// follower still replicating.
+const RETAINED_ENTRIES: u64 = 64;
+const RETAINED_ENTRIES_MAX: u64 = 512;
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -280,16 +284,20 @@ impl Sim {
         m.sm.values.truncate(m.sm.checkpoint_len);
         m.sm.seen = m.sm.values.iter().map(|(_, v)| *v).collect();
         m.sm.applied = m.sm.checkpoint.clone();
-        let log = m
+        let mut log = m
             .disk
             .open(&m.sm.applied, ConfState::from((voters, vec![])))
             .unwrap_or_else(|e| panic!("seed {seed}: member {} cannot reopen its log: {e}", m.id));
+        // Short enough that a member down for a while needs a snapshot, while one that
+        // is only slow catches up from the leader's memory.
+        log.set_retained(RETAINED_ENTRIES, RETAINED_ENTRIES_MAX);
         let core = Core::new(
             CoreConfig {
                 id: m.id,
                 election_ticks: ELECTION_TICKS,
                 applied: m.sm.applied.clone(),
                 pending_max: 4096,
+                held_ticks_max: 5 * ELECTION_TICKS as u64,
                 seed: seed.wrapping_mul(31).wrapping_add(m.boots),
                 ids: IdGen::new(m.id, (m.boots << 24) | 1),
             },
