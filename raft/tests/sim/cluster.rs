@@ -8,6 +8,9 @@
 //! - no value applied twice by one member;
 //! - a ReadIndex answer covers every write acknowledged before the read was asked, and
 //!   the state read covers it too;
+//! - the clients' puts, deletes, compare-and-swaps and linearizable reads on a few keys
+//!   form a linearizable history (see `history`), and every compare-and-swap's answer is
+//!   what the log decided;
 //! - at the end, once the faults stop: one leader, every member caught up with the same
 //!   history, and every acknowledged write in it at the index it was acknowledged at.
 //!
@@ -21,6 +24,8 @@ use etch_raft::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+use crate::history::{self, History, Kind, Kv, Op};
 
 pub const TICK_MS: u64 = 10;
 const ELECTION_TICKS: usize = 10;
@@ -83,6 +88,8 @@ struct Sm {
     /// (index, value) of every normal entry applied.
     values: Vec<(u64, u64)>,
     seen: HashSet<u64>,
+    /// The key-value state the values make.
+    kv: Kv,
     checkpoint: Applied,
     checkpoint_len: usize,
 }
@@ -100,12 +107,13 @@ struct Member {
     slow_disk: bool,
     /// While down: when it restarts.
     up_at: Option<u64>,
-    /// Proposals waiting for their apply: request id → (value, asked at).
-    proposals: BTreeMap<u64, u64>,
-    /// Reads: request id → the highest index acknowledged when it was asked.
-    reads: BTreeMap<u64, u64>,
-    /// Reads answered, waiting for the apply to reach their index: (index, floor).
-    reads_ready: Vec<(u64, u64)>,
+    /// Proposals waiting for their apply: request id → (value, call in the history).
+    proposals: BTreeMap<u64, (u64, usize)>,
+    /// Reads: request id → (the highest index acknowledged when it was asked, key, call).
+    reads: BTreeMap<u64, (u64, u8, usize)>,
+    /// Reads answered, waiting for the apply to reach their index: (index, floor, key,
+    /// call).
+    reads_ready: Vec<(u64, u64, u8, usize)>,
 }
 
 struct Packet {
@@ -126,6 +134,8 @@ pub struct Report {
     pub leaders: usize,
     pub snapshots: usize,
     pub installs: usize,
+    /// Calls the linearizability check covered.
+    pub calls_checked: usize,
     pub last_index: u64,
     /// A digest of every apply and leader change, in order.
     pub trace: u64,
@@ -151,6 +161,9 @@ pub struct Sim {
     acked: BTreeMap<u64, u64>,
     max_acked_index: u64,
     next_value: u64,
+    /// What each value's write does: key and operation.
+    ops: BTreeMap<u64, (u8, Op)>,
+    history: History,
     report: Report,
 }
 
@@ -201,6 +214,8 @@ impl Sim {
             acked: BTreeMap::new(),
             max_acked_index: 0,
             next_value: 1,
+            ops: BTreeMap::new(),
+            history: History::default(),
             report: Report {
                 trace: 0xcbf2_9ce4_8422_2325,
                 ..Report::default()
@@ -246,7 +261,7 @@ impl Sim {
             } else if final_value.is_none() && self.now >= fault_end + self.opts.settle_ms / 2 {
                 // One write after the faults, through the leader: the cluster is live.
                 if let Some(l) = self.leader() {
-                    final_value = Some(self.propose(l));
+                    final_value = Some(self.propose(l, 0, Op::Put));
                 }
             }
             self.readies();
@@ -283,6 +298,7 @@ impl Sim {
         // The state machine comes back at its checkpoint; the log replays the rest.
         m.sm.values.truncate(m.sm.checkpoint_len);
         m.sm.seen = m.sm.values.iter().map(|(_, v)| *v).collect();
+        m.sm.kv = rebuild_kv(&self.ops, &m.sm.values);
         m.sm.applied = m.sm.checkpoint.clone();
         let mut log = m
             .disk
@@ -549,27 +565,47 @@ impl Sim {
         if self.members[i].core.is_none() {
             return;
         }
-        if self.rng.random_ratio(1, 4) {
+        let key = self.rng.random_range(0..history::KEYS);
+        if self.rng.random_ratio(1, 3) {
             let floor = self.max_acked_index;
+            let call = self.history.invoke(key, self.now, Kind::Read { saw: 0 });
             let m = &mut self.members[i];
             let req = m.ids.next_id();
-            m.reads.insert(req, floor);
+            m.reads.insert(req, (floor, key, call));
             m.core.as_mut().expect("up").read_index(req);
         } else {
-            self.propose(i);
+            let op = match self.rng.random_range(0..6) {
+                0 => Op::Delete,
+                // Compare with what a read saw last: it may still hold, or not.
+                1 | 2 => Op::Cas {
+                    expect: self.history.last_seen.get(&key).copied().unwrap_or(0),
+                },
+                _ => Op::Put,
+            };
+            self.propose(i, key, op);
         }
     }
 
-    fn propose(&mut self, i: usize) -> u64 {
+    fn propose(&mut self, i: usize, key: u8, op: Op) -> u64 {
         let value = self.next_value;
         self.next_value += 1;
+        self.ops.insert(value, (key, op));
+        let call = self.history.invoke(
+            key,
+            self.now,
+            Kind::Write {
+                value,
+                op,
+                changed: None,
+            },
+        );
         let m = &mut self.members[i];
         let req = m.ids.next_id();
-        m.proposals.insert(req, value);
+        m.proposals.insert(req, (value, call));
         m.core
             .as_mut()
             .expect("proposing on a member that is up")
-            .propose(req, value.to_le_bytes().to_vec());
+            .propose(req, history::encode(value, key, op));
         value
     }
 
@@ -610,7 +646,7 @@ impl Sim {
             }
             for (req, r) in fx.replies {
                 let m = &mut self.members[i];
-                if let Some(floor) = m.reads.remove(&req) {
+                if let Some((floor, key, call)) = m.reads.remove(&req) {
                     if let Ok(index) = r {
                         if index < floor {
                             self.fail(format!(
@@ -618,7 +654,7 @@ impl Sim {
                                 i + 1
                             ));
                         }
-                        m.reads_ready.push((index, floor));
+                        m.reads_ready.push((index, floor, key, call));
                     }
                 } else {
                     // A proposal that failed (no leader, too many pending): not applied
@@ -635,13 +671,16 @@ impl Sim {
         let applied = m.sm.applied.index;
         let mut done = 0;
         let mut bad = None;
-        m.reads_ready.retain(|&(index, floor)| {
+        let now = self.now;
+        let (kv, history) = (&m.sm.kv, &mut self.history);
+        m.reads_ready.retain(|&(index, floor, key, call)| {
             if applied < index {
                 return true;
             }
             if applied < floor {
                 bad = Some((applied, floor));
             }
+            history.read_returned(call, now, kv.get(&key).copied().unwrap_or(0));
             done += 1;
             false
         });
@@ -700,7 +739,7 @@ impl Sim {
             let idx = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
             let v = u64::from_le_bytes(c[8..].try_into().expect("8 bytes"));
             match self.chosen.get(&idx) {
-                Some((_, _, d)) if d[..] == v.to_le_bytes() => {}
+                Some((_, _, d)) if history::decode(d).is_some_and(|(dv, _, _)| dv == v) => {}
                 other => self.fail(format!(
                     "member {}: the snapshot holds value {v} at {idx}, the history {other:?}",
                     i + 1
@@ -718,6 +757,7 @@ impl Sim {
         }
         let m = &mut self.members[i];
         m.sm.seen = values.iter().map(|(_, v)| *v).collect();
+        m.sm.kv = rebuild_kv(&self.ops, &values);
         m.sm.values = values;
         m.sm.applied = Applied {
             index: meta.index,
@@ -774,24 +814,31 @@ impl Sim {
         if e.entry_type != EntryType::EntryNormal || e.data.is_empty() {
             return;
         }
-        let value = u64::from_le_bytes(
-            e.data[..]
-                .try_into()
-                .unwrap_or_else(|_| self.fail(format!("entry {} holds no value", e.index))),
-        );
+        let Some((value, key, op)) = history::decode(&e.data) else {
+            self.fail(format!("entry {} holds no write", e.index))
+        };
+        if self.ops.get(&value) != Some(&(key, op)) {
+            self.fail(format!(
+                "entry {} holds write {value} as {key} {op:?}, proposed as {:?}",
+                e.index,
+                self.ops.get(&value)
+            ));
+        }
         let m = &mut self.members[i];
         if !m.sm.seen.insert(value) {
             self.fail(format!("member {id} applied value {value} twice"));
         }
         m.sm.values.push((e.index, value));
+        let changed = history::mutate(&mut m.sm.kv, value, key, op);
         if let Some(req) = ApplyBatch::request_id(e)
-            && let Some(v) = m.proposals.remove(&req)
+            && let Some((v, call)) = m.proposals.remove(&req)
         {
             if v != value {
                 self.fail(format!(
                     "member {id}: request {req:x} proposed {v} but its entry holds {value}"
                 ));
             }
+            self.history.write_returned(call, self.now, changed);
             self.acked.insert(value, e.index);
             self.max_acked_index = self.max_acked_index.max(e.index);
             self.report.acked_writes += 1;
@@ -838,6 +885,21 @@ impl Sim {
                 None => self.fail(format!("acknowledged value {v} (index {i}) was lost")),
             }
         }
+        let log: Vec<u64> = self.members[0].sm.values.iter().map(|(_, v)| *v).collect();
+        match self.history.check(&log) {
+            Ok(r) => self.report.calls_checked = r.reads + r.writes,
+            Err(e) => self.fail(e),
+        }
         self.report.last_index = last;
     }
+}
+
+/// The key-value state `values` (in log order) make.
+fn rebuild_kv(ops: &BTreeMap<u64, (u8, Op)>, values: &[(u64, u64)]) -> Kv {
+    let mut kv = Kv::new();
+    for (_, v) in values {
+        let (key, op) = ops[v];
+        history::mutate(&mut kv, *v, key, op);
+    }
+    kv
 }

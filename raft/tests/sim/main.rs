@@ -8,6 +8,7 @@
 //! A seed that ever fails goes into `REGRESSIONS` once fixed.
 
 mod cluster;
+mod history;
 
 use cluster::{Faults, Options, Sim};
 
@@ -70,6 +71,7 @@ fn sweep(members: usize, base: u64, default: u64) {
         totals.leaders += r.leaders;
         totals.snapshots += r.snapshots;
         totals.installs += r.installs;
+        totals.calls_checked += r.calls_checked;
     }
     eprintln!("{members} members: {totals:?}");
     // The sweep must have exercised what it claims to.
