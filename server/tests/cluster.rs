@@ -670,18 +670,19 @@ async fn member_and_cluster_ids_are_etcds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let specs = specs(3);
     let ids_of = |eps: Vec<String>| async move {
-        let mut c = eventually("member list", || {
+        // Members come up one by one: the client may route any call to one not yet
+        // listening, so the whole exchange is retried.
+        let l = eventually("member list", || {
             let eps = eps.clone();
             async move {
                 let mut c = Client::connect(eps, None)
                     .await
                     .map_err(|e| e.to_string())?;
                 c.get("x", None).await.map_err(|e| e.to_string())?;
-                Ok(c)
+                c.member_list().await.map_err(|e| e.to_string())
             }
         })
         .await;
-        let l = c.member_list().await.expect("member list");
         let mut ids: Vec<(String, u64)> = l
             .members()
             .iter()
