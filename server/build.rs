@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcdserverpb/rpc.proto",
         "proto/mvccpb/kv.proto",
         "proto/authpb/auth.proto",
+        "proto/leasepb/lease.proto",
         "proto/etchpb/internal.proto",
     ];
     println!("cargo:rerun-if-changed=proto");

@@ -480,7 +480,7 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
 /// `--initial-cluster` as `name=url,name=url,…` (a name may repeat, once per URL): the
 /// members in the order first named. This member's name must be there, with exactly its
 /// `--initial-advertise-peer-urls`.
-fn parse_initial_cluster(
+pub fn parse_initial_cluster(
     ic: &str,
     name: &str,
     peer_urls: &[String],

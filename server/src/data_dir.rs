@@ -86,17 +86,18 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), String> {
     if data_dir.exists() {
         return Err(format!("data-dir {:?} exists", data_dir.display()));
     }
-    let bytes = std::fs::read(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?;
-    if bytes.len() < 32 {
+    let size = std::fs::metadata(snapshot)
+        .map_err(|e| format!("{}: {e}", snapshot.display()))?
+        .len();
+    if size < 32 {
         return Err("snapshot file is too short".into());
-    }
-    let (data, sum) = bytes.split_at(bytes.len() - 32);
-    if sha2::Sha256::digest(data).as_slice() != sum {
-        return Err("snapshot file integrity check failed: SHA-256 mismatch".into());
     }
     std::fs::create_dir_all(member_dir(data_dir)).map_err(|e| e.to_string())?;
     let db_path = db_file(data_dir);
-    std::fs::write(&db_path, data).map_err(|e| e.to_string())?;
+    if let Err(e) = copy_checked(snapshot, &db_path, size - 32) {
+        let _ = std::fs::remove_dir_all(data_dir);
+        return Err(e);
+    }
     let store = Store::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
     store
         .db()
@@ -122,4 +123,28 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), String> {
     let f = std::fs::File::open(&db_path).map_err(|e| e.to_string())?;
     f.sync_all().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Copies the first `len` bytes of `src` to `dest`, checking them against the SHA-256 in
+/// the 32 bytes after them; a chunk at a time.
+fn copy_checked(src: &Path, dest: &Path, len: u64) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let mut from = std::fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut to = std::fs::File::create(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let mut sha = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        from.read_exact(&mut buf[..n]).map_err(|e| e.to_string())?;
+        sha.update(&buf[..n]);
+        to.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    let mut sum = [0u8; 32];
+    from.read_exact(&mut sum).map_err(|e| e.to_string())?;
+    if sha.finalize().as_slice() != sum {
+        return Err("snapshot file integrity check failed: SHA-256 mismatch".into());
+    }
+    to.sync_all().map_err(|e| e.to_string())
 }

@@ -362,19 +362,36 @@ pub fn identity(store: &Store, cfg: &Config) -> Result<(u64, u64), String> {
                 .into(),
         );
     }
-    let initial = members::initial(&cfg.initial_cluster, &cfg.initial_cluster_token);
-    let m = ids::member_id(&cfg.peer_urls, &cfg.initial_cluster_token);
+    let mut tx = store.write().map_err(|e| e.to_string())?;
+    let (m, c) = write_identity(
+        &mut tx,
+        &cfg.initial_cluster,
+        &cfg.initial_cluster_token,
+        &cfg.peer_urls,
+    )?;
+    tx.commit().map_err(|e| e.to_string())?;
+    store.checkpoint().map_err(|e| e.to_string())?;
+    Ok((m, c))
+}
+
+/// Writes a new cluster's identity (this member's id and the cluster id, as etcd computes
+/// them) and its member list: at a first start, or at a restore given the cluster's flags.
+pub fn write_identity(
+    tx: &mut etch_engine::mvcc::MvccTxn<'_>,
+    initial_cluster: &[(String, Vec<String>)],
+    token: &str,
+    peer_urls: &[String],
+) -> Result<(u64, u64), String> {
+    let initial = members::initial(initial_cluster, token);
+    let m = ids::member_id(peer_urls, token);
     let ids: Vec<u64> = initial.iter().map(|x| x.id).collect();
     let c = ids::cluster_id(&ids);
-    let mut tx = store.write().map_err(|e| e.to_string())?;
     tx.meta_put(CLUSTER_TREE, b"member_id", &m.to_be_bytes())
         .map_err(|e| e.to_string())?;
     tx.meta_put(CLUSTER_TREE, b"cluster_id", &c.to_be_bytes())
         .map_err(|e| e.to_string())?;
     for x in &initial {
-        members::put(&mut tx, x).map_err(|e| e.to_string())?;
+        members::put(tx, x).map_err(|e| e.to_string())?;
     }
-    tx.commit().map_err(|e| e.to_string())?;
-    store.checkpoint().map_err(|e| e.to_string())?;
     Ok((m, c))
 }

@@ -2,7 +2,7 @@
 //! MVCC store. The binary `etch` (`src/main.rs`) is a thin wrapper; tests can start a
 //! member in process with [`config::parse`] and [`run`].
 //!
-//! Imports run one way: state (`data_dir`, `alarms`, `lessor`, `watch_hub`, `metrics`,
+//! Imports run one way: state (`data_dir`, `backup`, `alarms`, `lessor`, `watch_hub`, `metrics`,
 //! `apply`) below the shared handle (`etch`), the services (`kv`, `watch`, `lease`,
 //! `maintenance`, `cluster`, `auth`, `http`) above it, start-up (`server`) on top.
 
@@ -10,6 +10,7 @@ pub(crate) mod alarms;
 pub(crate) mod apply;
 pub(crate) mod auth;
 pub(crate) mod autocompact;
+pub mod backup;
 pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod convert;

@@ -2,13 +2,14 @@
 //!
 //! `etch [etcd flags]` serves etcd's v3 gRPC API from a data dir;
 //! `etch check PATH` verifies a data file (or a data dir's data file);
-//! `etch snapshot restore FILE --data-dir DIR` builds a data dir from a snapshot.
+//! `etch snapshot restore FILE --data-dir DIR` builds a data dir from a snapshot (etcd's
+//! or etch's); `etch snapshot status FILE` describes one.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use etch_engine::btree::{Db, Options};
-use etch_server::{ETCD_VERSION, config, data_dir};
+use etch_server::{ETCD_VERSION, backup, config, data_dir};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,45 +71,136 @@ fn main() -> ExitCode {
     }
 }
 
-/// `etch snapshot restore SNAPSHOT_FILE --data-dir DIR`
-fn snapshot_command(args: &[String]) -> ExitCode {
-    const USAGE: &str = "usage: etch snapshot restore SNAPSHOT_FILE --data-dir DIR";
-    let mut file = None;
-    let mut dir = None;
+const SNAPSHOT_USAGE: &str = "usage:
+  etch snapshot restore SNAPSHOT_FILE --data-dir DIR [--skip-hash-check]
+      [--bump-revision N --mark-compacted]
+      [--name NAME --initial-cluster NAME=URL,... --initial-cluster-token TOKEN
+       --initial-advertise-peer-urls URL,...]
+  etch snapshot status SNAPSHOT_FILE [-w table|simple|json]";
+
+/// (name, value) of each flag given, in order.
+type Flags = Vec<(String, String)>;
+
+/// Flags of `etch snapshot …`: `--flag value`, `--flag=value` or a lone boolean flag;
+/// one or two leading dashes, as etcd's tools take them.
+fn snapshot_flags(args: &[String], booleans: &[&str]) -> Result<(Vec<String>, Flags), String> {
+    let mut positional = Vec::new();
+    let mut flags = Vec::new();
     let mut it = args.iter();
-    if it.next().map(String::as_str) != Some("restore") {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    }
     while let Some(a) = it.next() {
-        if let Some(v) = a
-            .strip_prefix("--data-dir=")
-            .or_else(|| a.strip_prefix("-data-dir="))
-        {
-            dir = Some(v.to_string());
-        } else if a == "--data-dir" || a == "-data-dir" {
-            dir = it.next().cloned();
-        } else if file.is_none() && !a.starts_with('-') {
-            file = Some(a.clone());
+        let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            positional.push(a.clone());
+            continue;
+        };
+        if let Some((k, v)) = body.split_once('=') {
+            flags.push((k.to_string(), v.to_string()));
+        } else if booleans.contains(&body) {
+            flags.push((body.to_string(), "true".to_string()));
         } else {
-            eprintln!("etch snapshot restore: unexpected argument {a:?}\n{USAGE}");
+            let v = it
+                .next()
+                .ok_or_else(|| format!("flag needs an argument: -{body}"))?;
+            flags.push((body.to_string(), v.clone()));
+        }
+    }
+    Ok((positional, flags))
+}
+
+/// `etch snapshot restore|status …`
+fn snapshot_command(args: &[String]) -> ExitCode {
+    let sub = args.first().map(String::as_str);
+    let parsed = snapshot_flags(
+        args.get(1..).unwrap_or(&[]),
+        &["skip-hash-check", "mark-compacted"],
+    );
+    let (positional, flags) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("etch snapshot: {e}\n{SNAPSHOT_USAGE}");
             return ExitCode::from(2);
         }
-    }
-    let (Some(file), Some(dir)) = (file, dir) else {
-        eprintln!("{USAGE}");
+    };
+    let [file] = positional.as_slice() else {
+        eprintln!("{SNAPSHOT_USAGE}");
         return ExitCode::from(2);
     };
-    match data_dir::restore(Path::new(&file), Path::new(&dir)) {
-        Ok(()) => {
-            println!("restored snapshot {file} into {dir}");
-            ExitCode::SUCCESS
+    let r = match sub {
+        Some("restore") => snapshot_restore(file, &flags),
+        Some("status") => snapshot_status(file, &flags),
+        _ => {
+            eprintln!("{SNAPSHOT_USAGE}");
+            return ExitCode::from(2);
         }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("etch snapshot restore: {e}");
+            eprintln!("etch snapshot {}: {e}", sub.unwrap_or_default());
             ExitCode::from(1)
         }
     }
+}
+
+fn snapshot_restore(file: &str, flags: &[(String, String)]) -> Result<(), String> {
+    let mut opts = backup::RestoreOptions::default();
+    let mut dir = None;
+    let mut name = None;
+    let mut initial_cluster = None;
+    let mut token = None;
+    let mut peer_urls = None;
+    for (k, v) in flags {
+        let truthy = || v == "true" || v == "1";
+        match k.as_str() {
+            "data-dir" => dir = Some(v.clone()),
+            "skip-hash-check" => opts.skip_hash_check = truthy(),
+            "mark-compacted" => opts.mark_compacted = truthy(),
+            "bump-revision" => {
+                opts.bump_revision = v
+                    .parse()
+                    .map_err(|_| format!("invalid value {v:?} for --bump-revision"))?;
+            }
+            "name" => name = Some(v.clone()),
+            "initial-cluster" => initial_cluster = Some(v.clone()),
+            "initial-cluster-token" => token = Some(v.clone()),
+            "initial-advertise-peer-urls" => peer_urls = Some(v.clone()),
+            other => return Err(format!("unknown flag: --{other}\n{SNAPSHOT_USAGE}")),
+        }
+    }
+    let dir = dir.ok_or_else(|| format!("--data-dir is required\n{SNAPSHOT_USAGE}"))?;
+    if name.is_some() || initial_cluster.is_some() || token.is_some() || peer_urls.is_some() {
+        // As etcdutl: unset flags take etcd's defaults.
+        let name = name.unwrap_or_else(|| "default".into());
+        let peer_urls: Vec<String> = peer_urls
+            .unwrap_or_else(|| "http://localhost:2380".into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        let ic = initial_cluster.unwrap_or_else(|| format!("{name}={}", peer_urls.join(",")));
+        opts.cluster = Some(backup::ClusterFlags {
+            initial_cluster: config::parse_initial_cluster(&ic, &name, &peer_urls)?,
+            token: token.unwrap_or_else(|| "etcd-cluster".into()),
+            peer_urls,
+        });
+    }
+    let done = backup::restore(Path::new(file), Path::new(&dir), &opts)?;
+    println!(
+        "restored snapshot {file} into {dir}: revision {}, compacted at {}, {} key versions, {} leases",
+        done.revision, done.compact_revision, done.versions, done.leases
+    );
+    Ok(())
+}
+
+fn snapshot_status(file: &str, flags: &[(String, String)]) -> Result<(), String> {
+    let mut format = "table".to_string();
+    for (k, v) in flags {
+        match k.as_str() {
+            "w" | "write-out" => format = v.clone(),
+            other => return Err(format!("unknown flag: --{other}\n{SNAPSHOT_USAGE}")),
+        }
+    }
+    let st = backup::status(Path::new(file), true)?;
+    print!("{}", backup::format_status(&st, &format)?);
+    Ok(())
 }
 
 fn check(path: &Path) -> ExitCode {

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::alarms::alarm_name;
-use crate::data_dir::{self, copy_data_file};
+use crate::data_dir;
 use crate::errors::EtcdError;
 use crate::etch::{Etch, propose_alarm};
 use crate::pb::etcdserverpb as pb;
@@ -159,8 +159,9 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
 
-    /// A consistent copy of the data file, then the SHA-256 of everything sent before it
-    /// as the last 32 bytes (what `etch snapshot restore` checks).
+    /// The data at one revision as an etcd (bbolt) database, then the SHA-256 of everything
+    /// sent before it as the last 32 bytes, as etcd sends it (what `etcdutl snapshot
+    /// restore` and `etch snapshot restore` check).
     async fn snapshot(
         &self,
         _request: Request<pb::SnapshotRequest>,
@@ -231,10 +232,12 @@ fn stream_snapshot(
         .prefix("snapshot")
         .tempdir_in(data_dir::member_dir(&etch.cfg.data_dir))
         .map_err(|e| format!("creating a snapshot dir: {e}"))?;
-    let path = dir.path().join("etch.db");
+    let path = dir.path().join("db");
     let snap = etch.store.read().map_err(|e| e.to_string())?;
     let revision = snap.revision();
-    copy_data_file(&snap, &path)?;
+    // etcd's own format, so etcdutl restores it and etcd serves it.
+    let mut progress = crate::backup::Progress::new("snapshot", None, true);
+    crate::backup::export(&snap, &path, &mut progress)?;
     drop(snap);
     let mut file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
     let size = file.metadata().map_err(|e| e.to_string())?.len();

@@ -34,6 +34,18 @@ pub use meta::MARKER_MAX;
 pub use view::{PageSource, View};
 pub use write::{ENTRY_MAX, TreeId, WriteTxn};
 
+/// Whether the file at `path` starts like an etch data file (its first meta page's magic).
+pub fn is_data_file(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::File::open(path)?;
+    let mut b = [0u8; 16];
+    match f.read_exact_at(&mut b, 0) {
+        Ok(()) => Ok(&b[8..16] == meta::MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 use map::Mapping;
 use meta::{META_LEN, Meta};
 use page::{Limits, PageId};

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use super::etcd;
 use super::keys::{self, KvRecord};
 use super::read::to_kv;
 use super::{
@@ -130,6 +131,67 @@ fn is_latest_at<S: PageSource + ?Sized>(
     }
 }
 
+/// One stored version, as etcd's `key` bucket holds it: a put's whole `KeyValue`, or a
+/// tombstone (`kv` holds only the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub rev: Revision,
+    pub tombstone: bool,
+    pub kv: KeyValue,
+}
+
+/// Calls `f` for every version up to main revision `upto` that compaction at the compact
+/// revision keeps (whether or not it has physically run), in revision order, until `f`
+/// returns false: the newest version at or below the compact revision of each key live
+/// there, and every version above it.
+pub(crate) fn for_each_version<S: PageSource + ?Sized>(
+    revs_tree: Option<&Tree<'_, S>>,
+    keys_tree: Option<&Tree<'_, S>>,
+    revs: &Revs,
+    upto: i64,
+    f: &mut dyn FnMut(StoredVersion) -> Result<bool>,
+) -> Result<()> {
+    let (Some(revs_tree), Some(keys_tree)) = (revs_tree, keys_tree) else {
+        return Ok(());
+    };
+    for e in revs_tree.iter() {
+        let (rk, rv) = e?;
+        let rev = keys::decode_rev_key(rk).ok_or_else(|| corrupt("malformed revision key"))?;
+        if rev.main > upto {
+            break;
+        }
+        let user = rv
+            .get(1..)
+            .ok_or_else(|| corrupt("malformed revision value"))?;
+        let tombstone = rv[0] & keys::FLAG_TOMBSTONE != 0;
+        if rev.main <= revs.compact
+            && (tombstone || !is_latest_at(keys_tree, user, rev, revs.compact)?)
+        {
+            continue;
+        }
+        let v = keys_tree
+            .get(&keys::key_at(user, rev))?
+            .ok_or_else(|| corrupt("revision without a key version"))?;
+        let rec = keys::decode_kv(v).ok_or_else(|| corrupt("malformed key version"))?;
+        let kv = if rec.tombstone {
+            KeyValue {
+                key: user.to_vec(),
+                ..KeyValue::default()
+            }
+        } else {
+            to_kv(user, rev, &rec, true)
+        };
+        if !f(StoredVersion {
+            rev,
+            tombstone: rec.tombstone,
+            kv,
+        })? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// HashKV's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashKv {
@@ -138,8 +200,11 @@ pub struct HashKv {
     pub hash_revision: i64,
 }
 
-/// A hash of every version up to `rev` that survives compaction at the compact revision,
-/// so it does not depend on how far physical compaction has got.
+/// etcd's HashKV: CRC-32C of `key`, then of each stored version up to `rev` as etcd's
+/// `key` bucket holds it (revision key, then `mvccpb.KeyValue`), where a version at or
+/// below the compact revision counts only if it is still its key's live version at `rev`
+/// (unless no key is live at `rev`: then etcd filters nothing). It does not depend on how
+/// far physical compaction has got, and equals etcd's for the same history.
 pub(crate) fn hash_kv<S: PageSource + ?Sized>(
     revs_tree: Option<&Tree<'_, S>>,
     keys_tree: Option<&Tree<'_, S>>,
@@ -153,38 +218,57 @@ pub(crate) fn hash_kv<S: PageSource + ?Sized>(
     if rev < revs.compact {
         return Err(Error::Compacted);
     }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&revs.compact.to_be_bytes());
-    if let (Some(revs_tree), Some(keys_tree)) = (revs_tree, keys_tree) {
-        for e in revs_tree.iter() {
-            let (rk, rv) = e?;
-            let r = keys::decode_rev_key(rk).ok_or_else(|| corrupt("malformed revision key"))?;
-            if r.main > rev {
-                break;
-            }
-            let user = rv
-                .get(1..)
-                .ok_or_else(|| corrupt("malformed revision value"))?;
-            if r.main <= revs.compact {
-                let tombstone = rv[0] & keys::FLAG_TOMBSTONE != 0;
-                if tombstone || !is_latest_at(keys_tree, user, r, revs.compact)? {
-                    continue;
+    let mut h = etcd::Crc32c::default();
+    h.update(b"key");
+    let mut none_live: Option<bool> = None;
+    for_each_version(revs_tree, keys_tree, revs, rev, &mut |v| {
+        if v.rev.main <= revs.compact {
+            let keys_tree = keys_tree.expect("versions come from the keys tree");
+            if !is_latest_at(keys_tree, &v.kv.key, v.rev, rev)? {
+                let none = match none_live {
+                    Some(n) => n,
+                    None => {
+                        let n = !any_live_at(keys_tree, revs, rev)?;
+                        none_live = Some(n);
+                        n
+                    }
+                };
+                if !none {
+                    return Ok(true);
                 }
             }
-            let v = keys_tree
-                .get(&keys::key_at(user, r))?
-                .ok_or_else(|| corrupt("revision without a key version"))?;
-            h.update(rk);
-            h.update(&(user.len() as u64).to_be_bytes());
-            h.update(user);
-            h.update(v);
         }
-    }
+        h.update(&etcd::revision_key(v.rev, v.tombstone));
+        h.update(&etcd::encode_key_value(&v.kv, v.tombstone));
+        Ok(true)
+    })?;
     Ok(HashKv {
-        hash: h.finalize(),
-        compact_revision: revs.compact,
+        hash: h.finish(),
+        // etcd's word for "never compacted".
+        compact_revision: if revs.compact == 0 { -1 } else { revs.compact },
         hash_revision: rev,
     })
+}
+
+/// Whether any key is live at `rev`.
+fn any_live_at<S: PageSource + ?Sized>(
+    keys_tree: &Tree<'_, S>,
+    revs: &Revs,
+    rev: i64,
+) -> Result<bool> {
+    let r = super::read::range(
+        Some(keys_tree),
+        revs,
+        &super::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            limit: 1,
+            revision: rev,
+            keys_only: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(!r.kvs.is_empty())
 }
 
 /// A compaction step stops once it has dirtied this many pages, so that its commit (which

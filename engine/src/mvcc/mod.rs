@@ -7,6 +7,7 @@
 //! number of requests apply, each getting its own main revision when it writes.
 
 mod compact;
+pub mod etcd;
 mod install;
 mod keys;
 mod read;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::btree::{self, Db, ReadTxn, Tree, View};
 
-pub use compact::{CompactProgress, HashKv};
+pub use compact::{CompactProgress, HashKv, StoredVersion};
 pub use write::MvccTxn;
 
 /// A revision: `main` counts writing requests, `sub` the changes within one.
@@ -440,6 +441,18 @@ impl Snapshot {
             self.tree(KEYS)?.as_ref(),
             &self.revs,
             rev,
+        )
+    }
+
+    /// Every version compaction keeps, in revision order (see [`StoredVersion`]), until
+    /// `f` returns false. Reads a page at a time: memory does not grow with the data.
+    pub fn for_each_version(&self, f: &mut dyn FnMut(StoredVersion) -> Result<bool>) -> Result<()> {
+        compact::for_each_version(
+            self.tree(REVS)?.as_ref(),
+            self.tree(KEYS)?.as_ref(),
+            &self.revs,
+            self.revs.current,
+            f,
         )
     }
 

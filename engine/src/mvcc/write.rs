@@ -252,6 +252,85 @@ impl<'s> MvccTxn<'s> {
         })
     }
 
+    /// Writes a version with the revision it already has (a restore from a backup).
+    /// Versions must come in increasing revision order, none below what the store holds;
+    /// the current revision follows them.
+    pub fn import_version(&mut self, v: &super::StoredVersion) -> Result<()> {
+        if v.rev.main < self.revs.current || v.rev.main <= 0 || v.rev.sub < 0 {
+            return Err(Error::Corrupt(format!(
+                "imported revision {}_{} is not above the current revision {}",
+                v.rev.main, v.rev.sub, self.revs.current
+            )));
+        }
+        let key = &v.kv.key;
+        let prev = read::get(Some(&self.w.tree(self.t_keys)), key, i64::MAX)?;
+        let rec = if v.tombstone {
+            KvRecord {
+                tombstone: true,
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                value: &[],
+            }
+        } else {
+            KvRecord {
+                tombstone: false,
+                create_revision: v.kv.create_revision,
+                version: v.kv.version,
+                lease: v.kv.lease,
+                value: &v.kv.value,
+            }
+        };
+        self.w.put(
+            self.t_keys,
+            &keys::key_at(key, v.rev),
+            &keys::encode_kv(&rec),
+        )?;
+        self.put_rev(v.rev, v.tombstone, key)?;
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != 0 && old_lease != rec.lease {
+            self.w
+                .delete(self.t_lease_keys, &keys::lease_key(old_lease, key))?;
+        }
+        if rec.lease != 0 {
+            self.w
+                .put(self.t_lease_keys, &keys::lease_key(rec.lease, key), &[])?;
+        }
+        self.revs.current = self.revs.current.max(v.rev.main);
+        self.main = self.revs.current + 1;
+        Ok(())
+    }
+
+    /// Restores a lease as a backup holds it.
+    pub fn import_lease(&mut self, l: &Lease) -> Result<()> {
+        let k = (l.id as u64).to_be_bytes();
+        self.w.put(self.t_leases, &k, &encode_lease(l))?;
+        Ok(())
+    }
+
+    /// Restores the compaction state of a backup: history up to `scheduled` is gone for
+    /// readers, and the backup's data holds none up to `finished` (etch removes the rest).
+    /// The current revision is at least `scheduled`.
+    pub fn import_compacted(&mut self, scheduled: i64, finished: i64) -> Result<()> {
+        if scheduled > 0 {
+            self.w
+                .put(self.t_meta, META_COMPACT, &scheduled.to_be_bytes())?;
+            self.revs.compact = scheduled;
+        }
+        let finished = finished.min(scheduled);
+        if finished > 0 {
+            self.w.put(
+                self.t_meta,
+                super::META_COMPACT_DONE,
+                &finished.to_be_bytes(),
+            )?;
+            self.revs.compact_done = finished;
+        }
+        self.revs.current = self.revs.current.max(scheduled);
+        self.main = self.revs.current + 1;
+        Ok(())
+    }
+
     /// Publishes everything to readers. Returns the current revision.
     pub fn commit(mut self) -> Result<i64> {
         assert!(!self.broken, "MvccTxn committed after a storage error");
