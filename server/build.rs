@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authpb/auth.proto",
         "proto/leasepb/lease.proto",
         "proto/etchpb/internal.proto",
+        "proto/etcdwalpb/wal.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(files, ["proto"])?;

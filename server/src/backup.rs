@@ -481,6 +481,17 @@ pub fn restore_etcd(
     data_dir: &Path,
     opts: &RestoreOptions,
 ) -> Result<Restored, String> {
+    restore_etcd_then(file, data_dir, opts, &mut |_| Ok(()))
+}
+
+/// [`restore_etcd`], with `then` run on the restored store before the data dir is moved
+/// into place (the migration applies an etcd WAL's tail there).
+pub fn restore_etcd_then(
+    file: &Path,
+    data_dir: &Path,
+    opts: &RestoreOptions,
+    then: &mut dyn FnMut(&Store) -> Result<(), String>,
+) -> Result<Restored, String> {
     if data_dir.exists() {
         return Err(format!("data-dir {:?} exists", data_dir.display()));
     }
@@ -518,7 +529,7 @@ pub fn restore_etcd(
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     }
-    let built = build_from_etcd(&r, &key_bucket, get(LEASE), get(META), &staging, opts);
+    let built = build_from_etcd(&r, &key_bucket, get(LEASE), get(META), &staging, opts, then);
     match built {
         Ok(done) => {
             std::fs::rename(&staging, data_dir).map_err(|e| {
@@ -546,6 +557,7 @@ fn build_from_etcd(
     meta_bucket: Option<BucketRoot>,
     staging: &Path,
     opts: &RestoreOptions,
+    then: &mut dyn FnMut(&Store) -> Result<(), String>,
 ) -> Result<Restored, String> {
     let m = |e: etch_engine::mvcc::Error| e.to_string();
     let store: Store = crate::data_dir::open_store(staging)?;
@@ -658,8 +670,10 @@ fn build_from_etcd(
     if let Some(c) = &opts.cluster {
         crate::etch::write_identity(&mut tx, &c.initial_cluster, &c.token, &c.peer_urls)?;
     }
-    let revision = tx.commit().map_err(m)?;
+    tx.commit().map_err(m)?;
+    then(&store)?;
     store.checkpoint().map_err(m)?;
+    let revision = store.current_revision();
     let compact_revision = store.compact_revision();
     drop(store);
     Ok(Restored {
@@ -786,6 +800,19 @@ pub fn format_status(st: &SnapshotStatus, format: &str) -> Result<String, String
         other => Err(format!(
             "unknown output format {other:?} (table, simple or json)"
         )),
+    }
+}
+
+/// The consistent index (the raft index its data is at) of the etcd database `db`.
+pub fn consistent_index(db: &Path) -> Result<u64, String> {
+    let r = Reader::open(db, None).map_err(|e| format!("{}: {e}", db.display()))?;
+    let Some(meta) = r.bucket(META).map_err(|e| e.to_string())? else {
+        return Err(format!("{}: no \"meta\" bucket", db.display()));
+    };
+    match bucket_value(&r, &meta, b"consistent_index")? {
+        None => Ok(0),
+        Some(v) if v.len() == 8 => Ok(u64::from_be_bytes(v[..].try_into().expect("8 bytes"))),
+        Some(v) => Err(format!("meta: a consistent index of {} bytes", v.len())),
     }
 }
 

@@ -25,6 +25,7 @@ pub(crate) mod lessor;
 pub(crate) mod maintenance;
 pub(crate) mod members;
 pub(crate) mod metrics;
+pub mod migrate;
 pub(crate) mod pb;
 pub(crate) mod peer;
 pub(crate) mod peer_service;

@@ -3,7 +3,8 @@
 //! `etch [etcd flags]` serves etcd's v3 gRPC API from a data dir;
 //! `etch check PATH` verifies a data file (or a data dir's data file);
 //! `etch snapshot restore FILE --data-dir DIR` builds a data dir from a snapshot (etcd's
-//! or etch's); `etch snapshot status FILE` describes one.
+//! or etch's); `etch snapshot status FILE` describes one; `etch migrate
+//! --from-etcd-data-dir SRC --data-dir DIR` turns a stopped etcd member's data into etch's.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,6 +16,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("snapshot") {
         return snapshot_command(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("migrate") {
+        return migrate_command(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("check") {
         return match args.as_slice() {
@@ -167,27 +171,96 @@ fn snapshot_restore(file: &str, flags: &[(String, String)]) -> Result<(), String
         }
     }
     let dir = dir.ok_or_else(|| format!("--data-dir is required\n{SNAPSHOT_USAGE}"))?;
-    if name.is_some() || initial_cluster.is_some() || token.is_some() || peer_urls.is_some() {
-        // As etcdutl: unset flags take etcd's defaults.
-        let name = name.unwrap_or_else(|| "default".into());
-        let peer_urls: Vec<String> = peer_urls
-            .unwrap_or_else(|| "http://localhost:2380".into())
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect();
-        let ic = initial_cluster.unwrap_or_else(|| format!("{name}={}", peer_urls.join(",")));
-        opts.cluster = Some(backup::ClusterFlags {
-            initial_cluster: config::parse_initial_cluster(&ic, &name, &peer_urls)?,
-            token: token.unwrap_or_else(|| "etcd-cluster".into()),
-            peer_urls,
-        });
-    }
+    opts.cluster = cluster_flags(name, initial_cluster, token, peer_urls)?;
     let done = backup::restore(Path::new(file), Path::new(&dir), &opts)?;
     println!(
         "restored snapshot {file} into {dir}: revision {}, compacted at {}, {} key versions, {} leases",
         done.revision, done.compact_revision, done.versions, done.leases
     );
     Ok(())
+}
+
+/// The cluster a restore or migration starts, if any of its flags is given; as etcdutl,
+/// the unset ones take etcd's defaults.
+fn cluster_flags(
+    name: Option<String>,
+    initial_cluster: Option<String>,
+    token: Option<String>,
+    peer_urls: Option<String>,
+) -> Result<Option<backup::ClusterFlags>, String> {
+    if name.is_none() && initial_cluster.is_none() && token.is_none() && peer_urls.is_none() {
+        return Ok(None);
+    }
+    let name = name.unwrap_or_else(|| "default".into());
+    let peer_urls: Vec<String> = peer_urls
+        .unwrap_or_else(|| "http://localhost:2380".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let ic = initial_cluster.unwrap_or_else(|| format!("{name}={}", peer_urls.join(",")));
+    Ok(Some(backup::ClusterFlags {
+        initial_cluster: config::parse_initial_cluster(&ic, &name, &peer_urls)?,
+        token: token.unwrap_or_else(|| "etcd-cluster".into()),
+        peer_urls,
+    }))
+}
+
+const MIGRATE_USAGE: &str = "usage:
+  etch migrate --from-etcd-data-dir ETCD_DATA_DIR --data-dir DIR
+      [--name NAME --initial-cluster NAME=URL,... --initial-cluster-token TOKEN
+       --initial-advertise-peer-urls URL,...]";
+
+/// `etch migrate …`: a stopped etcd member's data dir into a new etch data dir.
+fn migrate_command(args: &[String]) -> ExitCode {
+    let r = (|| -> Result<(), String> {
+        let (positional, flags) =
+            snapshot_flags(args, &[]).map_err(|e| format!("{e}\n{MIGRATE_USAGE}"))?;
+        if !positional.is_empty() {
+            return Err(format!(
+                "unexpected argument {:?}\n{MIGRATE_USAGE}",
+                positional[0]
+            ));
+        }
+        let (mut from, mut dir) = (None, None);
+        let (mut name, mut ic, mut token, mut peers) = (None, None, None, None);
+        for (k, v) in flags {
+            match k.as_str() {
+                "from-etcd-data-dir" => from = Some(v),
+                "data-dir" => dir = Some(v),
+                "name" => name = Some(v),
+                "initial-cluster" => ic = Some(v),
+                "initial-cluster-token" => token = Some(v),
+                "initial-advertise-peer-urls" => peers = Some(v),
+                other => return Err(format!("unknown flag: --{other}\n{MIGRATE_USAGE}")),
+            }
+        }
+        let (Some(from), Some(dir)) = (from, dir) else {
+            return Err(MIGRATE_USAGE.into());
+        };
+        let opts = etch_server::migrate::MigrateOptions {
+            cluster: cluster_flags(name, ic, token, peers)?,
+            quiet: false,
+        };
+        let done = etch_server::migrate::migrate(Path::new(&from), Path::new(&dir), &opts)?;
+        println!(
+            "migrated {from} into {dir}: revision {}, compacted at {}, {} key versions, {} leases; \
+             {} WAL entries applied above the database's consistent index {}",
+            done.restored.revision,
+            done.restored.compact_revision,
+            done.restored.versions,
+            done.restored.leases,
+            done.wal_entries,
+            done.consistent_index
+        );
+        Ok(())
+    })();
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("etch migrate: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn snapshot_status(file: &str, flags: &[(String, String)]) -> Result<(), String> {

@@ -18,6 +18,10 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod etcdwalpb {
+    tonic::include_proto!("etcdwalpb");
+}
+
 pub mod etchpb {
     tonic::include_proto!("etchpb");
 }

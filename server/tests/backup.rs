@@ -156,7 +156,11 @@ fn run(cmd: &mut Command) -> (bool, String, String) {
 }
 
 fn etcdctl_save(ep: &str, file: &Path) {
-    let (ok, out, err) = run(Command::new(etcd_bin_dir().join("etcdctl"))
+    etcdctl_save_with(&etcd_bin_dir().join("etcdctl"), ep, file);
+}
+
+fn etcdctl_save_with(etcdctl: &Path, ep: &str, file: &Path) {
+    let (ok, out, err) = run(Command::new(etcdctl)
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", ep, "snapshot", "save"])
         .arg(file));
@@ -202,19 +206,62 @@ fn etch_status(file: &Path) -> (u64, i64, u64, u64) {
     status_fields(&out)
 }
 
+/// `TOOL snapshot restore` (etcdutl, or etcd 3.4's etcdctl) of `file` into `dir` as a
+/// one-member cluster whose peer listens on `peer`.
+fn etcd_tool_restore(mut tool: Command, file: &Path, dir: &Path, peer: u16) {
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let (ok, out, err) = run(tool
+        .args(["snapshot", "restore"])
+        .arg(file)
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--name",
+            "default",
+            "--initial-cluster",
+            &format!("default={peer_url}"),
+        ])
+        .args(["--initial-advertise-peer-urls", &peer_url]));
+    assert!(
+        ok,
+        "{:?} snapshot restore failed: {out}{err}",
+        tool.get_program()
+    );
+}
+
 /// etcd 3.5.1 on an existing data dir.
 struct EtcdOn {
     child: Child,
     port: u16,
 }
 
+/// Where etcd 3.4.23's etcd and etcdctl are (Debian's packages, unpacked by
+/// server/tests/prereqs.sh); panics with the hint when they are missing.
+fn etcd34_bin_dir() -> PathBuf {
+    let base = std::env::var_os("ETCH_ETCD34_DIR").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/etch/etcd-3.4.23"),
+        PathBuf::from,
+    );
+    let dir = base.join("usr/bin");
+    assert!(
+        dir.join("etcd").is_file(),
+        "etcd 3.4.23 not found in {}: run server/tests/prereqs.sh",
+        dir.display()
+    );
+    dir
+}
+
 impl EtcdOn {
     fn start(data_dir: &Path, peer_port: u16) -> EtcdOn {
+        EtcdOn::start_bin(&etcd_bin_dir().join("etcd"), data_dir, peer_port)
+    }
+
+    fn start_bin(bin: &Path, data_dir: &Path, peer_port: u16) -> EtcdOn {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(data_dir.with_extension("log")).expect("log");
-        let child = Command::new(etcd_bin_dir().join("etcd"))
+        let child = Command::new(bin)
             .arg("--data-dir")
             .arg(data_dir)
             .args([
@@ -290,20 +337,12 @@ async fn an_etch_snapshot_restores_into_etcd_with_etcdutl() {
 
         let peer = free_port();
         let restored = f.dir.path().join("etcd-data");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let (ok, out, err) = run(Command::new(etcd_bin_dir().join("etcdutl"))
-            .args(["snapshot", "restore"])
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(&restored)
-            .args([
-                "--name",
-                "default",
-                "--initial-cluster",
-                &format!("default={peer_url}"),
-            ])
-            .args(["--initial-advertise-peer-urls", &peer_url]));
-        assert!(ok, "etcdutl snapshot restore failed: {out}{err}");
+        etcd_tool_restore(
+            Command::new(etcd_bin_dir().join("etcdutl")),
+            &file,
+            &restored,
+            peer,
+        );
         let etcd = EtcdOn::start(&restored, peer);
         let got = seen(&etcd.endpoint(), &older).await;
         assert_eq!(got, want, "etcd serves what etch held");
@@ -450,6 +489,23 @@ async fn bad_snapshots_are_refused_and_leave_nothing_behind() {
                 .collect();
             assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
         }
+        // A bbolt file that is not an etcd database (no `key` bucket), trailer and all.
+        let other = dir.path().join("other.db");
+        {
+            let mut w = etch_engine::bolt::Writer::create(&other).expect("create");
+            let mut b = w.bucket(b"things").expect("bucket");
+            b.put(b"a", b"1").expect("put");
+            b.finish().expect("finish");
+            w.finish().expect("finish");
+            use sha2::Digest as _;
+            let mut bytes = std::fs::read(&other).expect("read");
+            let sum = sha2::Sha256::digest(&bytes);
+            bytes.extend_from_slice(&sum);
+            std::fs::write(&other, &bytes).expect("write");
+        }
+        let (ok, out) = etch_restore(&other, &dir.path().join("other"), &[]);
+        assert!(!ok && out.contains("no \"key\" bucket"), "{out}");
+        assert!(!dir.path().join("other").exists());
         // An existing data dir is never overwritten.
         let existing = dir.path().join("existing");
         std::fs::create_dir(&existing).expect("mkdir");
@@ -494,6 +550,158 @@ async fn hash_kv_equals_etcds_for_the_same_history() {
         let mut c = client(&f.etch.endpoint()).await;
         c.put("a", "b", None).await.expect("put");
         assert_eq!(c.hash_kv(0).await.expect("hash kv").compact_version(), -1);
+    })
+    .await;
+}
+
+/// A stopped etcd member moves to etch in place: its database, plus what its WAL holds
+/// beyond the database (here, everything after a forced backend commit: etcd commits
+/// its backend only every 10 s in this test, and is SIGKILLed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_etcd_member_migrates_with_its_wal_tail() {
+    bounded("migrate", async {
+        let mut etcd = RealEtcd::start_with(&[
+            "--backend-batch-interval",
+            "10s",
+            "--backend-batch-limit",
+            "1000000",
+        ]);
+        let ep = etcd.endpoint();
+        let mut older = write_history(&ep).await;
+        // A snapshot commits etcd's backend: the database holds everything so far.
+        etcdctl_save(&ep, &etcd.dir.path().join("forced-commit.db"));
+        let mut c = client(&ep).await;
+        older.push(current_rev(&mut c).await);
+        // After it, only the WAL: puts, a delete, a txn, a lease with keys, and a revoke
+        // whose keys go with it.
+        for i in 0..20 {
+            c.put(format!("tail/{i:02}"), format!("t{i}"), None)
+                .await
+                .expect("put");
+        }
+        c.delete("k/20", None).await.expect("delete");
+        let l = c
+            .lease_grant(
+                300,
+                Some(etcd_client::LeaseGrantOptions::new().with_id(0x55)),
+            )
+            .await
+            .expect("grant")
+            .id();
+        c.put("tail/leased", "x", Some(PutOptions::new().with_lease(l)))
+            .await
+            .expect("put");
+        c.lease_revoke(0x1234).await.expect("revoke");
+        c.txn(Txn::new().and_then([
+            TxnOp::put("tail/txn-a", "1", None),
+            TxnOp::put("tail/txn-b", "2", None),
+        ]))
+        .await
+        .expect("txn");
+        // (No compaction here: etcd commits its backend at every compaction.)
+        c.put("tail/last", "end", None).await.expect("put");
+        let want = seen(&ep, &older).await;
+        let _ = etcd.child.kill();
+        let _ = etcd.child.wait();
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("etch-data");
+        let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_etch"))
+            .arg("migrate")
+            .arg("--from-etcd-data-dir")
+            .arg(etcd.dir.path().join("data"))
+            .arg("--data-dir")
+            .arg(&dest));
+        assert!(ok, "etch migrate failed: {out}{err}");
+        let applied: u64 = out
+            .split(" WAL entries applied")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {out:?}"));
+        assert!(applied >= 20, "the WAL's tail was applied: {out}");
+        let e = Etch::start(&dest, &[]);
+        let got = seen(&e.endpoint(), &older).await;
+        assert_eq!(
+            got, want,
+            "etch serves what the killed etcd had acknowledged"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_refuses_a_running_member_and_what_is_not_etcd() {
+    bounded("migrate refusals", async {
+        let etcd = RealEtcd::start();
+        let mut c = client(&etcd.endpoint()).await;
+        c.put("a", "b", None).await.expect("put");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("d");
+        let migrate = |from: &Path| {
+            run(Command::new(env!("CARGO_BIN_EXE_etch"))
+                .arg("migrate")
+                .arg("--from-etcd-data-dir")
+                .arg(from)
+                .arg("--data-dir")
+                .arg(&dest))
+        };
+        let (ok, out, err) = migrate(&etcd.dir.path().join("data"));
+        assert!(
+            !ok && err.contains("stop the etcd member first"),
+            "{out}{err}"
+        );
+        assert!(!dest.exists());
+        let (ok, out, err) = migrate(dir.path());
+        assert!(!ok && err.contains("not an etcd v3 data dir"), "{out}{err}");
+        assert!(!dest.exists());
+    })
+    .await;
+}
+
+/// etcd 3.4's snapshots restore into etch, and etch's into etcd 3.4 (with 3.4's own
+/// `etcdctl snapshot restore`: 3.4 has no etcdutl).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_4_snapshots_round_trip() {
+    bounded("etcd 3.4", async {
+        let bin = etcd34_bin_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        // etcd 3.4 → etch.
+        let etcd = EtcdOn::start_bin(&bin.join("etcd"), &dir.path().join("etcd34"), free_port());
+        let older = write_history(&etcd.endpoint()).await;
+        let want = seen(&etcd.endpoint(), &older).await;
+        let file = dir.path().join("from-3.4.db");
+        etcdctl_save_with(&bin.join("etcdctl"), &etcd.endpoint(), &file);
+        drop(etcd);
+        assert_eq!(etch_status(&file).1, want.revision);
+        let (ok, out) = etch_restore(&file, &dir.path().join("etch-from-3.4"), &[]);
+        assert!(ok, "{out}");
+        let e = Etch::start(&dir.path().join("etch-from-3.4"), &[]);
+        assert_eq!(
+            seen(&e.endpoint(), &older).await,
+            want,
+            "etch serves etcd 3.4's data"
+        );
+        drop(e);
+
+        // etch → etcd 3.4.
+        let f = start_etch(&[]);
+        let older = write_history(&f.etch.endpoint()).await;
+        let want = seen(&f.etch.endpoint(), &older).await;
+        let file = dir.path().join("from-etch.db");
+        etcdctl_save_with(&bin.join("etcdctl"), &f.etch.endpoint(), &file);
+        let peer = free_port();
+        let restored = dir.path().join("etcd34-from-etch");
+        let mut etcdctl = Command::new(bin.join("etcdctl"));
+        etcdctl.env("ETCDCTL_API", "3");
+        etcd_tool_restore(etcdctl, &file, &restored, peer);
+        let etcd = EtcdOn::start_bin(&bin.join("etcd"), &restored, peer);
+        assert_eq!(
+            seen(&etcd.endpoint(), &older).await,
+            want,
+            "etcd 3.4 serves etch's data"
+        );
     })
     .await;
 }

@@ -95,6 +95,14 @@ impl Default for Crc32c {
 }
 
 impl Crc32c {
+    /// Continues a CRC whose value so far is `crc` (0 starts afresh).
+    pub fn resume(crc: u32) -> Crc32c {
+        Crc32c {
+            crc: !crc,
+            ..Crc32c::default()
+        }
+    }
+
     pub fn update(&mut self, b: &[u8]) {
         let mut c = self.crc;
         for &x in b {
