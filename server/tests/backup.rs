@@ -705,3 +705,62 @@ async fn etcd_3_4_snapshots_round_trip() {
     })
     .await;
 }
+
+/// A snapshot taken while writes go on is one revision's data: etcd, restored from it,
+/// serves exactly the writes up to that revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_under_write_load_is_one_revision() {
+    bounded("snapshot under load", async {
+        let f = start_etch(&[]);
+        let ep = f.etch.endpoint();
+        let mut c = client(&ep).await;
+        for i in 0..2000 {
+            c.put(format!("pre/{i:05}"), vec![b'p'; 200], None)
+                .await
+                .expect("put");
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.put(format!("load/{}", n % 300), format!("v{n}"), None)
+                        .await
+                        .expect("put under load");
+                    n += 1;
+                }
+                n
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let file = f.dir.path().join("under-load.db");
+        etcdctl_save(&ep, &file);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = writer.await.expect("writer");
+        assert!(writes > 20, "the load ran: {writes} puts");
+        let (_, snap_rev, _, _) = etcdutl_status(&file);
+        let now = current_rev(&mut c).await;
+        assert!(
+            snap_rev > 2001 && snap_rev < now,
+            "mid-load: {snap_rev} of {now}"
+        );
+        // What etch held at that revision is what etcd serves from the snapshot.
+        let want = all_at(&mut c, snap_rev).await;
+        let peer = free_port();
+        let restored = f.dir.path().join("etcd-under-load");
+        etcd_tool_restore(
+            Command::new(etcd_bin_dir().join("etcdutl")),
+            &file,
+            &restored,
+            peer,
+        );
+        let etcd = EtcdOn::start(&restored, peer);
+        let mut e = client(&etcd.endpoint()).await;
+        assert_eq!(current_rev(&mut e).await, snap_rev);
+        assert_eq!(all_at(&mut e, 0).await, want);
+    })
+    .await;
+}
