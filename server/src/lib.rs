@@ -4,7 +4,7 @@
 //!
 //! Imports run one way: state (`data_dir`, `backup`, `alarms`, `lessor`, `watch_hub`, `metrics`,
 //! `apply`) below the shared handle (`etch`), the services (`kv`, `watch`, `lease`,
-//! `maintenance`, `cluster`, `auth`, `http`) above it, start-up (`server`) on top.
+//! `maintenance`, `cluster`, `auth`, `concurrency`, `http`) above it, start-up (`server`) on top.
 
 pub(crate) mod alarms;
 pub(crate) mod apply;
@@ -12,6 +12,7 @@ pub(crate) mod auth;
 pub(crate) mod autocompact;
 pub mod backup;
 pub(crate) mod cluster;
+pub(crate) mod concurrency;
 pub mod config;
 pub(crate) mod convert;
 pub mod data_dir;

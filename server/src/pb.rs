@@ -29,3 +29,11 @@ pub mod etchpb {
 pub mod etchpeerpb {
     tonic::include_proto!("etchpeerpb");
 }
+
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}

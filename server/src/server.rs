@@ -13,6 +13,7 @@ use crate::alarms::Alarms;
 use crate::apply::{Apply, Compactor};
 use crate::auth::AuthService;
 use crate::cluster::ClusterService;
+use crate::concurrency::{ElectionService, LockService};
 use crate::config::Config;
 use crate::data_dir;
 use crate::etch::{Etch, GRPC_OVERHEAD_BYTES, identity};
@@ -29,6 +30,8 @@ use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::etchpeerpb::peer_server::PeerServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::peer::{Feedback, PeerEvent, PeerInfo, PeerTransport, Peers, SnapshotInbox};
 use crate::peer_service::PeerService;
 use crate::watch::WatchService;
@@ -404,6 +407,15 @@ fn client_routes(etch: &Arc<Etch>, max_msg: usize) -> tonic::service::Routes {
         })
         .add_service(Instrumented {
             inner: AuthServer::new(AuthService { etch: e() }).max_decoding_message_size(max_msg),
+            metrics: etch.metrics.clone(),
+        })
+        .add_service(Instrumented {
+            inner: LockServer::new(LockService { etch: e() }).max_decoding_message_size(max_msg),
+            metrics: etch.metrics.clone(),
+        })
+        .add_service(Instrumented {
+            inner: ElectionServer::new(ElectionService { etch: e() })
+                .max_decoding_message_size(max_msg),
             metrics: etch.metrics.clone(),
         })
         .clone()
