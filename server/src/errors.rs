@@ -52,6 +52,10 @@ pub enum EtcdError {
     Corrupt,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
     #[error("etcdserver: no inflight downgrade job")]
     NoInflightDowngrade,
     #[error("etcdserver: wrong downgrade target version format")]
@@ -106,13 +110,12 @@ impl EtcdError {
             | MemberBadUrls
             | UserEmpty
             | RoleEmpty => Code::InvalidArgument,
-            BadLeaderTransferee | NoInflightDowngrade | PeerUrlExist | MemberNotLearner
-            | RootUserNotExist | UserNotFound | RoleNotFound | AuthNotEnabled => {
-                Code::FailedPrecondition
-            }
+            BadLeaderTransferee | NotLeader | NoInflightDowngrade | PeerUrlExist
+            | MemberNotLearner | RootUserNotExist | UserNotFound | RoleNotFound
+            | AuthNotEnabled => Code::FailedPrecondition,
             MemberNotFound => Code::NotFound,
-            // Like TooManyRequests, etcd sends this one as a plain error.
-            NotEnoughStartedMembers => Code::Unknown,
+            // Like TooManyRequests, etcd sends these as plain errors.
+            NotEnoughStartedMembers | TimeoutLeaderTransfer => Code::Unknown,
             Internal(_) => Code::Internal,
         }
     }

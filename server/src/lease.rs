@@ -118,21 +118,21 @@ pub fn spawn_checkpoints(etch: Arc<Etch>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// A lease id for a grant that named none: positive, not in use.
+/// A lease id for a grant that named none, as etcd makes one: its request-id generator
+/// (this member's id in the top 16 bits, the start time in milliseconds and a counter
+/// below), the sign bit cleared; never one in use.
 fn new_lease_id(etch: &Etch) -> i64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let nanos = std::time::SystemTime::now()
+    static IDS: std::sync::OnceLock<std::sync::Mutex<etch_raft::IdGen>> =
+        std::sync::OnceLock::new();
+    let ids = IDS.get_or_init(|| {
+        let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut x =
-            nanos ^ etch.member_id ^ SEQ.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        // splitmix64 finaliser: spreads the bits.
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
-        let id = (x & i64::MAX as u64) as i64;
+            .map_or(1, |d| d.as_millis() as u64);
+        std::sync::Mutex::new(etch_raft::IdGen::new(etch.member_id, millis))
+    });
+    let mut g = ids.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let id = (g.next_id() & i64::MAX as u64) as i64;
         if id != 0 && !etch.lessor.exists(id) {
             return id;
         }
@@ -286,12 +286,24 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         self.etch.linearizable_barrier().await?;
         let snap = self.etch.store.read().map_err(EtcdError::from)?;
-        let leases = snap
+        let stored: std::collections::BTreeSet<i64> = snap
             .leases()
             .map_err(EtcdError::from)?
             .into_iter()
-            .map(|l| pb::LeaseStatus { id: l.id })
+            .map(|l| l.id)
             .collect();
+        // As etcd lists them: soonest to expire first; any the lessor has yet to load
+        // (a grant applying right now) after them.
+        let mut ids: Vec<i64> = self
+            .etch
+            .lessor
+            .by_expiry()
+            .into_iter()
+            .filter(|id| stored.contains(id))
+            .collect();
+        let listed: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        ids.extend(stored.iter().filter(|id| !listed.contains(id)));
+        let leases = ids.into_iter().map(|id| pb::LeaseStatus { id }).collect();
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: Some(self.etch.header(snap.revision())),
             leases,

@@ -139,6 +139,11 @@ impl Lessor {
         Some((h.ttl, left.as_secs() as i64))
     }
 
+    /// Every lease held, soonest to expire first (etcd lists leases in this order).
+    pub fn by_expiry(&self) -> Vec<i64> {
+        self.lock().by_deadline.iter().map(|(_, id)| *id).collect()
+    }
+
     pub fn exists(&self, id: i64) -> bool {
         self.lock().leases.contains_key(&id)
     }

@@ -114,9 +114,8 @@ impl Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(self.etch.header(self.etch.store.current_revision())),
-        }))
+        // Freed pages are reused in place: nothing to rewrite. etcd's answer has no header.
+        Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(
@@ -182,13 +181,27 @@ impl Maintenance for MaintenanceService {
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let r = request.into_inner();
-        if r.target_id != self.etch.member_id {
+        let etch = &self.etch;
+        if !etch.node.status().is_leader {
+            return Err(EtcdError::NotLeader.into());
+        }
+        let snap = etch.store.read().map_err(internal)?;
+        let target = crate::members::get(&snap, r.target_id).map_err(internal)?;
+        drop(snap);
+        if target.is_none_or(|m| m.is_learner) {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
-        // Already the leader: nothing to move.
-        Ok(Response::new(pb::MoveLeaderResponse {
-            header: Some(self.etch.header(self.etch.store.current_revision())),
-        }))
+        etch.node.transfer_leader(r.target_id);
+        let deadline = tokio::time::Instant::now() + etch.request_timeout();
+        while etch.node.status().leader != r.target_id {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(EtcdError::TimeoutLeaderTransfer.into());
+            }
+            tokio::time::sleep(etch.cfg.heartbeat).await;
+        }
+        tracing::info!(to = %format!("{:x}", r.target_id), "leadership moved");
+        // etcd's answer has no header.
+        Ok(Response::new(pb::MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Etch, client, etcd_bin_dir, free_port};
+use common::{Etch, client, etcd_bin_dir, free_port, status};
 use etcd_client::{Client, GetOptions, WatchOptions};
 
 /// Generous: CI machines are loaded, and an election takes a second or two.
@@ -598,6 +598,44 @@ async fn leases_live_across_failover_and_expire_after() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_moves_it_and_only_the_leader_may() {
+    let cl = Cluster::start(3, &[]);
+    let leader = cl.leader().await;
+    let target = (leader + 1) % 3;
+    let mut on_target = client(&cl.endpoint(target)).await;
+    let target_id = on_target
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id();
+    let (code, msg) = status(on_target.move_leader(target_id).await);
+    assert_eq!(
+        (code, msg.as_str()),
+        (tonic::Code::FailedPrecondition, "etcdserver: not leader")
+    );
+    let mut on_leader = client(&cl.endpoint(leader)).await;
+    let (code, msg) = status(on_leader.move_leader(target_id ^ 1).await);
+    assert_eq!(
+        (code, msg.as_str()),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: bad leader transferee"
+        )
+    );
+    on_leader.move_leader(target_id).await.expect("move leader");
+    let st = on_target.status().await.expect("status");
+    assert_eq!(
+        st.leader(),
+        target_id,
+        "the target leads once MoveLeader answers"
+    );
+    on_target.put("after-move", "1", None).await.expect("put");
+    converged(&cl, "after-move", "1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -331,3 +331,42 @@ async fn remaining_ttl_survives_graceful_restart() {
     );
     assert_eq!(keys_of(&mut c, "gr/").await, vec!["gr/k"]);
 }
+
+/// Lease ids come from the member's request-id generator (its id in the top bits, then a
+/// counter), and LeaseLeases lists the soonest to expire first, as etcd does.
+async fn ids_and_listing_order(ep: String, who: &str) {
+    let mut c = client(&ep).await;
+    let member = c
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id();
+    let mut by_ttl = Vec::new();
+    for ttl in [50, 10, 30] {
+        let id = c.lease_grant(ttl, None).await.expect("grant").id();
+        assert_eq!(
+            (id as u64) >> 48,
+            member & 0x7fff,
+            "{who}: lease id {id:x} of member {member:x}"
+        );
+        by_ttl.push((ttl, id));
+    }
+    assert!(
+        by_ttl[0].1 < by_ttl[1].1 && by_ttl[1].1 < by_ttl[2].1,
+        "{who}: ids count up: {by_ttl:?}"
+    );
+    by_ttl.sort();
+    let want: Vec<i64> = by_ttl.iter().map(|(_, id)| *id).collect();
+    let listed: Vec<i64> = c
+        .leases()
+        .await
+        .expect("leases")
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert_eq!(listed, want, "{who}: soonest to expire first");
+}
+both!(lease_ids_and_listing_order_are_etcds, ids_and_listing_order);

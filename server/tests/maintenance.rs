@@ -158,7 +158,11 @@ both!(alarm_activate_list_deactivate, alarms_by_hand);
 async fn defrag_and_hashes(ep: String, who: &str) {
     let mut c = client(&ep).await;
     c.put("hk/a", "1", None).await.expect("put");
-    c.defragment().await.expect("defragment");
+    let d = c.defragment().await.expect("defragment");
+    assert!(
+        d.header().is_none(),
+        "{who}: etcd's Defragment answers no header"
+    );
     let h = c.hash().await.expect("hash");
     assert!(h.header().is_some(), "{who}");
     let r1 = current_rev(&mut c).await;
@@ -241,15 +245,19 @@ both!(snapshot_ends_with_sha256, snapshot_checksum);
 async fn move_leader(ep: String, who: &str) {
     let mut c = client(&ep).await;
     let me = member_id(&mut c).await;
-    c.move_leader(me)
+    let r = c
+        .move_leader(me)
         .await
         .expect("moving the leader to itself");
+    assert!(
+        r.header().is_none(),
+        "{who}: etcd's MoveLeader answers no header"
+    );
     assert_status(
         c.move_leader(me ^ 1).await,
         Code::FailedPrecondition,
         "etcdserver: bad leader transferee",
     );
-    let _ = who;
 }
 both!(move_leader_to_self_or_unknown, move_leader);
 
