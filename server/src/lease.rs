@@ -200,37 +200,10 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let etch = self.etch.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = inbound.message().await {
-                let resp = if etch.node.status().is_leader {
-                    // An unknown lease answers TTL 0, as etcd does.
-                    let ttl = etch.renew_lease(r.id).await;
-                    Ok(pb::LeaseKeepAliveResponse {
-                        header: Some(etch.header(etch.store.current_revision())),
-                        id: r.id,
-                        ttl,
-                    })
-                } else {
-                    // Only the leader holds deadlines: a follower forwards.
-                    match etch.lease_at_leader(r.id, false, true).await {
-                        Ok(rep) => Ok(pb::LeaseKeepAliveResponse {
-                            header: Some(etch.header(etch.store.current_revision())),
-                            id: r.id,
-                            ttl: rep.ttl,
-                        }),
-                        Err(e) => Err(e.into()),
-                    }
-                };
-                let stop = resp.is_err();
-                if tx.send(resp).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(keep_alive(
+            self.etch.clone(),
+            request.into_inner(),
+        )))
     }
 
     async fn lease_time_to_live(
@@ -309,4 +282,48 @@ impl Lease for LeaseService {
             leases,
         }))
     }
+}
+
+/// Serves one keep-alive stream: requests from `inbound`, answers in the returned stream
+/// (the gRPC service and the JSON gateway both run it).
+pub fn keep_alive<S>(
+    etch: Arc<Etch>,
+    mut inbound: S,
+) -> ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>
+where
+    S: tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+        + Send
+        + Unpin
+        + 'static,
+{
+    use tokio_stream::StreamExt as _;
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(Ok(r)) = inbound.next().await {
+            let resp = if etch.node.status().is_leader {
+                // An unknown lease answers TTL 0, as etcd does.
+                let ttl = etch.renew_lease(r.id).await;
+                Ok(pb::LeaseKeepAliveResponse {
+                    header: Some(etch.header(etch.store.current_revision())),
+                    id: r.id,
+                    ttl,
+                })
+            } else {
+                // Only the leader holds deadlines: a follower forwards.
+                match etch.lease_at_leader(r.id, false, true).await {
+                    Ok(rep) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(etch.header(etch.store.current_revision())),
+                        id: r.id,
+                        ttl: rep.ttl,
+                    }),
+                    Err(e) => Err(e.into()),
+                }
+            };
+            let stop = resp.is_err();
+            if tx.send(resp).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }

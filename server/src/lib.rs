@@ -4,7 +4,7 @@
 //!
 //! Imports run one way: state (`data_dir`, `backup`, `alarms`, `lessor`, `watch_hub`, `metrics`,
 //! `apply`) below the shared handle (`etch`), the services (`kv`, `watch`, `lease`,
-//! `maintenance`, `cluster`, `auth`, `concurrency`, `http`) above it, start-up (`server`) on top.
+//! `maintenance`, `cluster`, `auth`, `concurrency`, `http`, `gateway`) above it, start-up (`server`) on top.
 
 pub(crate) mod alarms;
 pub(crate) mod apply;
@@ -18,6 +18,7 @@ pub(crate) mod convert;
 pub mod data_dir;
 pub(crate) mod errors;
 pub(crate) mod etch;
+pub(crate) mod gateway;
 pub(crate) mod http;
 pub(crate) mod ids;
 pub(crate) mod kv;

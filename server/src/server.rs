@@ -275,6 +275,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         let router = client_routes(&etch, max_msg)
             .into_axum_router()
             .merge(crate::http::router(etch.clone()))
+            .merge(crate::gateway::router(etch.clone()))
             .fallback(crate::http::fallback);
         servers.push(tokio::spawn(
             builder

@@ -16,6 +16,7 @@ use etch_engine::mvcc::{self, EventType};
 use prost::Message as _;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::kv_out;
@@ -54,15 +55,25 @@ impl Watch for WatchService {
         {
             return Err(EtcdError::NoLeader.into());
         }
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let etch = self.etch.clone();
-        tokio::spawn(async move {
-            let mut s = StreamTask::new(etch, tx);
-            s.run(inbound).await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(serve(
+            self.etch.clone(),
+            request.into_inner(),
+        )))
     }
+}
+
+/// Serves one watch stream: requests from `inbound`, answers in the returned stream
+/// (the gRPC service and the JSON gateway both run it).
+pub fn serve<S>(etch: Arc<Etch>, inbound: S) -> ReceiverStream<Result<pb::WatchResponse, Status>>
+where
+    S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(async move {
+        let mut s = StreamTask::new(etch, tx);
+        s.run(inbound).await;
+    });
+    ReceiverStream::new(rx)
 }
 
 #[derive(Debug)]
@@ -138,16 +149,19 @@ impl StreamTask {
         }
     }
 
-    async fn run(&mut self, mut inbound: Streaming<pb::WatchRequest>) {
+    async fn run<S>(&mut self, mut inbound: S)
+    where
+        S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+    {
         let mut batches = self.etch.watch_hub.subscribe();
         self.seen_rev = self.etch.watch_hub.progress();
         let interval = self.etch.cfg.watch_progress_notify_interval;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             let r = tokio::select! {
-                req = inbound.message() => match req {
-                    Ok(Some(r)) => self.on_request(r).await,
-                    Ok(None) | Err(_) => return,
+                req = inbound.next() => match req {
+                    Some(Ok(r)) => self.on_request(r).await,
+                    None | Some(Err(_)) => return,
                 },
                 b = batches.recv() => match b {
                     Ok(b) => self.on_batch(&b).await,

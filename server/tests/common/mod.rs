@@ -324,12 +324,23 @@ pub async fn current_rev(c: &mut etcd_client::Client) -> i64 {
 /// One HTTP/1.1 GET on 127.0.0.1:`port` with `Connection: close`: (status code, body).
 /// Plain std networking: the answer is read to the end of the connection.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, "")
+}
+
+/// `POST path` with a JSON body (etcd's JSON gateway).
+pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    http_request(port, "POST", path, body)
+}
+
+fn http_request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("sending the request");
     let mut raw = Vec::new();
