@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use prost::Message as _;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::apply::WriteResult;
@@ -47,6 +48,48 @@ impl Kv for KvService {
         .map_err(|e| EtcdError::Internal(format!("etch: range task: {e}")))??;
         let header = self.etch.header(resp.revision);
         Ok(Response::new(convert::range_out(resp, Some(header))))
+    }
+
+    type RangeStreamStream = ReceiverStream<Result<pb::RangeStreamResponse, Status>>;
+
+    /// etcd 3.7's streamed Range: every chunk read from one pinned version, at most
+    /// `RANGE_CHUNK_BYTES` of keys each (memory bounded by that, whatever the range),
+    /// the count computed once; header, `more` and `count` on the last chunk.
+    async fn range_stream(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        use pb::range_request::{SortOrder, SortTarget};
+        let r = request.into_inner();
+        validate::range(&r)?;
+        let default_order = r.sort_order == SortOrder::None as i32
+            || (r.sort_target == SortTarget::Key as i32
+                && r.sort_order == SortOrder::Ascend as i32);
+        if !default_order {
+            return Err(Status::unimplemented(
+                "RangeStream does not support custom sort orders",
+            ));
+        }
+        if r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0
+        {
+            return Err(Status::unimplemented(
+                "RangeStream does not support revision filters",
+            ));
+        }
+        if !r.serializable {
+            self.etch.linearizable_barrier().await?;
+        }
+        let etch = self.etch.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = stream_range(&etch, &r, &tx) {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn put(
@@ -185,4 +228,81 @@ fn is_serializable(t: &pb::TxnRequest) -> bool {
             Some(R::RequestTxn(n)) => is_serializable(n),
             _ => true,
         })
+}
+
+/// Keys per streamed chunk, at most; and about this many bytes.
+const RANGE_CHUNK_KEYS: usize = 10_000;
+const RANGE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Sends the chunks of a streamed range (see `range_stream`).
+fn stream_range(
+    etch: &Etch,
+    r: &pb::RangeRequest,
+    tx: &tokio::sync::mpsc::Sender<Result<pb::RangeStreamResponse, Status>>,
+) -> Result<(), EtcdError> {
+    let snap = etch.store.read()?;
+    let rev = if r.revision > 0 {
+        r.revision
+    } else {
+        snap.revision()
+    };
+    let req = convert::range_in(&pb::RangeRequest {
+        count_only: true,
+        limit: 0,
+        revision: rev,
+        ..r.clone()
+    });
+    let total = snap.range(&req)?.count;
+    if r.count_only {
+        let out = pb::RangeResponse {
+            header: Some(etch.header(rev)),
+            count: total,
+            ..Default::default()
+        };
+        let _ = tx.blocking_send(Ok(pb::RangeStreamResponse {
+            range_response: Some(out),
+        }));
+        return Ok(());
+    }
+    let limit = if r.limit > 0 {
+        r.limit as usize
+    } else {
+        usize::MAX
+    };
+    let mut key = r.key.clone();
+    let mut sent = 0usize;
+    loop {
+        let (kvs, more) = snap.range_chunk(
+            &key,
+            &r.range_end,
+            rev,
+            RANGE_CHUNK_KEYS.min(limit - sent),
+            RANGE_CHUNK_BYTES,
+            r.keys_only,
+        )?;
+        sent += kvs.len();
+        let done = !more || sent >= limit;
+        if let Some(last) = kvs.last() {
+            key = last.key.clone();
+            key.push(0);
+        }
+        let mut out = pb::RangeResponse {
+            kvs: kvs.into_iter().map(convert::kv_out).collect(),
+            ..Default::default()
+        };
+        if done {
+            out.header = Some(etch.header(rev));
+            out.more = more;
+            out.count = total;
+        }
+        if tx
+            .blocking_send(Ok(pb::RangeStreamResponse {
+                range_response: Some(out),
+            }))
+            .is_err()
+            || done
+        {
+            return Ok(());
+        }
+    }
 }

@@ -376,6 +376,37 @@ impl Snapshot {
         read::range(self.tree(KEYS)?.as_ref(), &self.revs, req)
     }
 
+    /// One piece of a streamed range: up to `max_kvs` keys (about `max_bytes` of them)
+    /// of `[key, range_end)` (range_end as in Range) live at `rev` (≤ 0: this snapshot's
+    /// revision), in key order, without counting the rest. Returns them and whether more
+    /// follow.
+    pub fn range_chunk(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        rev: i64,
+        max_kvs: usize,
+        max_bytes: usize,
+        keys_only: bool,
+    ) -> Result<(Vec<KeyValue>, bool)> {
+        if rev > self.revs.current {
+            return Err(Error::FutureRev);
+        }
+        let rev = if rev <= 0 { self.revs.current } else { rev };
+        if rev < self.revs.compact {
+            return Err(Error::Compacted);
+        }
+        read::chunk(
+            self.tree(KEYS)?.as_ref(),
+            key,
+            range_end,
+            rev,
+            max_kvs,
+            max_bytes,
+            keys_only,
+        )
+    }
+
     /// Events with revision ≥ `start_rev` for keys in `[key, range_end)` (range_end as in
     /// Range), in revision order: about `max` of them, never stopping inside a main
     /// revision (a multi-key txn is returned whole), so a caller resumes at the last

@@ -274,3 +274,31 @@ pub(crate) fn lease_keys<S: PageSource + ?Sized>(
         .map(|e| Ok(e?.0[8..].to_vec()))
         .collect()
 }
+
+/// Up to `max_kvs` keys (and about `max_bytes` of them) of `[key, range_end)` live at
+/// `rev`, in key order, with no count: the pieces of a streamed range. Returns them and
+/// whether more follow.
+pub(crate) fn chunk<S: PageSource + ?Sized>(
+    tree: Option<&Tree<'_, S>>,
+    key: &[u8],
+    range_end: &[u8],
+    rev: i64,
+    max_kvs: usize,
+    max_bytes: usize,
+    keys_only: bool,
+) -> Result<(Vec<KeyValue>, bool)> {
+    let mut kvs = Vec::new();
+    let mut bytes = 0usize;
+    let mut more = false;
+    visit(tree, key, range_end, rev, |k, r, rec| {
+        if kvs.len() >= max_kvs.max(1) || (!kvs.is_empty() && bytes >= max_bytes) {
+            more = true;
+            return Ok(false);
+        }
+        let kv = to_kv(&user_key(k)?, r, &rec, !keys_only);
+        bytes += kv.key.len() + kv.value.len() + 32;
+        kvs.push(kv);
+        Ok(true)
+    })?;
+    Ok((kvs, more))
+}

@@ -1,5 +1,5 @@
 //! A raw gRPC client for what etcd-client 0.21 does not expose: the `fragment` flag of
-//! watch responses and the Auth service's AuthStatus. The messages are written here by
+//! watch responses, the Auth service's AuthStatus, and etcd 3.7's RangeStream. The messages are written here by
 //! hand with etcd's field numbers (only the fields the tests read).
 
 use std::time::Duration;
@@ -242,4 +242,72 @@ impl RawWatch {
             Err(_) => panic!("no watch response within {timeout:?}"),
         }
     }
+}
+
+/// A server-streaming call: sends `req` to `path` and collects every response (or the
+/// error that ends the stream).
+pub async fn server_stream<Req, Resp>(
+    endpoint: &str,
+    path: &'static str,
+    req: Req,
+) -> Result<Vec<Resp>, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut g = grpc(endpoint).await;
+    g.ready().await.expect("channel ready");
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    let mut rx = g
+        .server_streaming(
+            tonic::Request::new(req),
+            PathAndQuery::from_static(path),
+            codec,
+        )
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), rx.message())
+        .await
+        .expect("a chunk within 20 s")?
+    {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RangeRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub range_end: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub limit: i64,
+    #[prost(int64, tag = "4")]
+    pub revision: i64,
+    #[prost(int32, tag = "5")]
+    pub sort_order: i32,
+    #[prost(int32, tag = "6")]
+    pub sort_target: i32,
+    #[prost(bool, tag = "9")]
+    pub count_only: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RangeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(message, repeated, tag = "2")]
+    pub kvs: Vec<KeyValue>,
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+    #[prost(int64, tag = "4")]
+    pub count: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RangeStreamResponse {
+    #[prost(message, optional, tag = "1")]
+    pub range_response: Option<RangeResponse>,
 }
