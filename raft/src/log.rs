@@ -299,9 +299,17 @@ impl<D: LogDisk> Log<D> {
             self.entries.push_back(e.clone());
         }
         if let Some(hs) = hs {
+            // A hard state that moves only the commit index, with no entries beside it,
+            // stays in memory (it reaches the disk with the next record): a sync for it
+            // alone would double the syncs per write. Losing it is harmless (see
+            // `set_commit`). A new term or vote is always written.
+            let commit_only =
+                seq.is_none() && hs.term == self.hard_state.term && hs.vote == self.hard_state.vote;
             self.hard_state = hs.clone();
-            let bytes = hs.write_to_bytes().map_err(Error::codec)?;
-            seq = Some(self.disk.write(RecordKind::State, 0, &bytes)?);
+            if !commit_only {
+                let bytes = hs.write_to_bytes().map_err(Error::codec)?;
+                seq = Some(self.disk.write(RecordKind::State, 0, &bytes)?);
+            }
         }
         if let Some(s) = seq {
             self.last_seq = s;
