@@ -356,11 +356,11 @@ pub struct ClusterFlags {
 /// `etch snapshot restore`: an etcd snapshot (bbolt) or an etch data file with a SHA-256
 /// trailer (what etch's Snapshot sent before it spoke etcd's format).
 pub fn restore(file: &Path, data_dir: &Path, opts: &RestoreOptions) -> Result<Restored, String> {
-    let what = |e: std::io::Error| format!("{}: {e}", file.display());
-    if bolt::is_bolt(file).map_err(|e| format!("{}: {e}", file.display()))? {
+    let what = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    if bolt::is_bolt(file).map_err(|e| what(&e))? {
         return restore_etcd(file, data_dir, opts);
     }
-    if !etch_engine::btree::is_data_file(file).map_err(what)? {
+    if !etch_engine::btree::is_data_file(file).map_err(|e| what(&e))? {
         return Err(format!(
             "{}: not a snapshot (neither an etcd database nor an etch data file)",
             file.display()

@@ -93,11 +93,15 @@ pub fn restore(snapshot: &Path, data_dir: &Path) -> Result<(), String> {
         return Err("snapshot file is too short".into());
     }
     std::fs::create_dir_all(member_dir(data_dir)).map_err(|e| e.to_string())?;
-    let db_path = db_file(data_dir);
-    if let Err(e) = copy_checked(snapshot, &db_path, size - 32) {
+    // Whole or not at all: a failure takes the new data dir back out.
+    restore_into(snapshot, data_dir, size - 32).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(data_dir);
-        return Err(e);
-    }
+    })
+}
+
+fn restore_into(snapshot: &Path, data_dir: &Path, len: u64) -> Result<(), String> {
+    let db_path = db_file(data_dir);
+    copy_checked(snapshot, &db_path, len)?;
     let store = Store::open(&db_path, btree::Options::default()).map_err(|e| e.to_string())?;
     store
         .db()

@@ -228,7 +228,7 @@ pub(crate) fn hash_kv<S: PageSource + ?Sized>(
                 let none = match none_live {
                     Some(n) => n,
                     None => {
-                        let n = !any_live_at(keys_tree, revs, rev)?;
+                        let n = !any_live_at(keys_tree, rev)?;
                         none_live = Some(n);
                         n
                     }
@@ -250,25 +250,10 @@ pub(crate) fn hash_kv<S: PageSource + ?Sized>(
     })
 }
 
-/// Whether any key is live at `rev`.
-fn any_live_at<S: PageSource + ?Sized>(
-    keys_tree: &Tree<'_, S>,
-    revs: &Revs,
-    rev: i64,
-) -> Result<bool> {
-    let r = super::read::range(
-        Some(keys_tree),
-        revs,
-        &super::RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            limit: 1,
-            revision: rev,
-            keys_only: true,
-            ..Default::default()
-        },
-    )?;
-    Ok(!r.kvs.is_empty())
+/// Whether any key is live at `rev`: one key found ends the walk.
+fn any_live_at<S: PageSource + ?Sized>(keys_tree: &Tree<'_, S>, rev: i64) -> Result<bool> {
+    let (kvs, _) = super::read::chunk(Some(keys_tree), &[0], &[0], rev, 1, 0, true)?;
+    Ok(!kvs.is_empty())
 }
 
 /// A compaction step stops once it has dirtied this many pages, so that its commit (which
