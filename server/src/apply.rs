@@ -10,6 +10,7 @@ use etch_raft::{Applied, Committed, StateMachine};
 use prost::Message as _;
 
 use crate::alarms::{ALARM_TREE, Alarms, alarm_key};
+use crate::auth::AuthInfo;
 use crate::convert;
 use crate::errors::EtcdError;
 use crate::lessor::Lessor;
@@ -38,6 +39,8 @@ pub enum WriteResult {
     Alarm(Vec<(u64, i32)>),
     /// A member's attributes were published.
     Member,
+    /// An auth change was applied.
+    Auth(crate::auth::AuthOutcome),
 }
 
 pub type Output = Result<WriteResult, EtcdError>;
@@ -51,6 +54,7 @@ pub struct Apply {
     pub revision_tx: tokio::sync::watch::Sender<i64>,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
+    pub auth: Arc<crate::auth::AuthStore>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Snapshot data received from the leader, waiting for raft.
     pub inbox: Arc<crate::peer::SnapshotInbox>,
@@ -91,6 +95,16 @@ impl StateMachine for Apply {
         for e in entries {
             let req = InternalRequest::decode(e.data)
                 .map_err(|err| format!("entry {} is not a request: {err}", e.index))?;
+            let who = req.auth.map(|h| AuthInfo {
+                user: h.username,
+                revision: h.revision,
+            });
+            if let (Some(who), Some(r)) = (&who, &req.request)
+                && let Err(denied) = self.auth.request_permitted(&tx, who, r)
+            {
+                outs.push(Err(denied));
+                continue;
+            }
             let out = match req.request {
                 Some(Request::Put(p)) => tx.put(&convert::put_in(&p)).map(WriteResult::Put),
                 Some(Request::DeleteRange(d)) => tx
@@ -161,6 +175,15 @@ impl StateMachine for Apply {
                         None => Ok(WriteResult::Member),
                     })
                 }
+                // The auth changes.
+                Some(r) => match self.auth.apply(&mut tx, &r, who.as_ref(), e.index) {
+                    Ok(Ok(o)) => Ok(WriteResult::Auth(o)),
+                    Ok(Err(denied)) => {
+                        outs.push(Err(denied));
+                        continue;
+                    }
+                    Err(err) => Err(err),
+                },
                 None => return Err(format!("entry {} holds an empty request", e.index)),
             };
             match out {
@@ -222,6 +245,7 @@ impl StateMachine for Apply {
         self.store.checkpoint().map_err(fatal)?;
         self.lessor.reload(&self.store, self.lease_extend)?;
         self.alarms.reload(&self.store)?;
+        self.auth.reload(&self.store)?;
         self.revision_tx.send_replace(self.store.current_revision());
         self.compactor.kick();
         self.metrics

@@ -14,8 +14,7 @@ use crate::config::AutoCompaction;
 use crate::errors::EtcdError;
 use crate::etch::Etch;
 use crate::pb::etcdserverpb::CompactionRequest;
-use crate::pb::etchpb::{InternalRequest, internal_request};
-use prost::Message as _;
+use crate::pb::etchpb::internal_request;
 
 const REVISION_MODE_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -31,13 +30,12 @@ async fn compact(etch: &Etch, rev: i64) {
     if rev <= etch.store.compact_revision() {
         return;
     }
-    let req = InternalRequest {
-        request: Some(internal_request::Request::Compaction(CompactionRequest {
+    let req =
+        crate::etch::server_request(internal_request::Request::Compaction(CompactionRequest {
             revision: rev,
             physical: false,
-        })),
-    };
-    match etch.propose(req.encode_to_vec()).await {
+        }));
+    match etch.propose(req).await {
         Ok(WriteResult::Compact { revision, .. }) => {
             tracing::info!(revision, "auto-compaction: compacted")
         }

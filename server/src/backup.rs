@@ -22,6 +22,7 @@ use prost::Message as _;
 use sha2::Digest as _;
 
 use crate::alarms::ALARM_TREE;
+use crate::auth;
 use crate::members;
 use crate::pb::{etcdserverpb as pb, leasepb, mvccpb};
 
@@ -314,12 +315,29 @@ pub fn export(snap: &Snapshot, dest: &Path, progress: &mut Progress) -> Result<E
         }
         b.finish().map_err(e)?;
 
+        // Auth as etcd stores it; the trees already hold etcd's encodings.
+        let enabled = snap
+            .meta_get(auth::AUTH_TREE, auth::ENABLED_KEY)
+            .map_err(m)?
+            .unwrap_or_else(|| vec![0]);
+        let revision = snap
+            .meta_get(auth::AUTH_TREE, auth::REVISION_KEY)
+            .map_err(m)?
+            .unwrap_or_else(|| 1u64.to_be_bytes().to_vec());
         let mut b = w.bucket(AUTH).map_err(e)?;
-        b.put(b"authEnabled", &[0]).map_err(e)?;
-        b.put(b"authRevision", &0u64.to_be_bytes()).map_err(e)?;
+        b.put(auth::ENABLED_KEY, &enabled).map_err(e)?;
+        b.put(auth::REVISION_KEY, &revision).map_err(e)?;
         b.finish().map_err(e)?;
-        w.bucket(AUTH_ROLES).map_err(e)?.finish().map_err(e)?;
-        w.bucket(AUTH_USERS).map_err(e)?.finish().map_err(e)?;
+        for (bucket, tree) in [
+            (AUTH_ROLES, auth::ROLES_TREE),
+            (AUTH_USERS, auth::USERS_TREE),
+        ] {
+            let mut b = w.bucket(bucket).map_err(e)?;
+            for (k, v) in snap.meta_entries(tree).map_err(m)? {
+                b.put(&k, &v).map_err(e)?;
+            }
+            b.finish().map_err(e)?;
+        }
     }
     let bytes = w.finish().map_err(e)?;
     progress.finish();
@@ -516,15 +534,6 @@ pub fn restore_etcd_then(
     let Some(key_bucket) = get(KEY) else {
         return Err("invalid database: no \"key\" bucket (not an etcd v3 database)".into());
     };
-    if let Some(auth) = get(AUTH)
-        && bucket_value(&r, &auth, b"authEnabled")?.is_some_and(|v| v.first() == Some(&1))
-    {
-        return Err(
-            "the snapshot has auth enabled; etch does not serve auth yet, and restoring it \
-             would drop its users and roles"
-                .into(),
-        );
-    }
     let staging = staging_dir(data_dir);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
@@ -653,6 +662,7 @@ fn build_from_etcd(
             return Err(b);
         }
     }
+    import_auth(r, &mut tx)?;
     let (mut scheduled, finished) = match &meta_bucket {
         Some(mb) => (
             compact_rev(bucket_value(r, mb, b"scheduledCompactRev")?)?,
@@ -682,6 +692,52 @@ fn build_from_etcd(
         versions,
         leases,
     })
+}
+
+/// etcd's auth buckets into the auth trees, as they are: the same encodings. Users and
+/// roles are checked to decode, so a damaged record is refused here, not at start.
+fn import_auth(r: &Reader, tx: &mut etch_engine::mvcc::MvccTxn<'_>) -> Result<(), String> {
+    let m = |e: etch_engine::mvcc::Error| e.to_string();
+    if let Some(b) = r.bucket(AUTH).map_err(|e| e.to_string())? {
+        for key in [auth::ENABLED_KEY, auth::REVISION_KEY] {
+            if let Some(v) = bucket_value(r, &b, key)? {
+                tx.meta_put(auth::AUTH_TREE, key, &v).map_err(m)?;
+            }
+        }
+    }
+    for (bucket, tree, what) in [
+        (AUTH_USERS, auth::USERS_TREE, "user"),
+        (AUTH_ROLES, auth::ROLES_TREE, "role"),
+    ] {
+        let Some(b) = r.bucket(bucket).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let mut bad = None;
+        r.for_each(&b, &mut |k, v| {
+            let ok = if what == "user" {
+                crate::pb::authpb::User::decode(v).is_ok()
+            } else {
+                crate::pb::authpb::Role::decode(v).is_ok()
+            };
+            if !ok {
+                bad = Some(format!(
+                    "{} bucket: a damaged {what} record",
+                    String::from_utf8_lossy(bucket)
+                ));
+                return Ok(false);
+            }
+            if let Err(e) = tx.meta_put(tree, k, v) {
+                bad = Some(e.to_string());
+                return Ok(false);
+            }
+            Ok(true)
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(b) = bad {
+            return Err(b);
+        }
+    }
+    Ok(())
 }
 
 /// What `etch snapshot status` (like `etcdutl snapshot status`) tells of a snapshot.

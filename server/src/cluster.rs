@@ -47,6 +47,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         let r = request.into_inner();
         if r.peer_ur_ls.is_empty() || !r.peer_ur_ls.iter().all(|u| valid_peer_url(u)) {
             return Err(EtcdError::MemberBadUrls.into());
@@ -67,6 +69,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         self.check_member(request.into_inner().id)?;
         if self.members()?.len() == 1 {
             // Removing the only voter would leave no quorum.
@@ -81,6 +85,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         let r = request.into_inner();
         self.check_member(r.id)?;
         if r.peer_ur_ls.is_empty() || !r.peer_ur_ls.iter().all(|u| valid_peer_url(u)) {
@@ -123,6 +129,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         self.check_member(request.into_inner().id)?;
         Err(EtcdError::MemberNotLearner.into())
     }

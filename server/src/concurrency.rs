@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use etch_engine::mvcc::EventType;
 
+use crate::auth::AuthInfo;
 use crate::etch::Etch;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
@@ -36,6 +37,8 @@ const SESSION_TTL: i64 = 60;
 #[derive(Debug, Clone)]
 struct Client {
     etch: Arc<Etch>,
+    /// The caller, whose permissions the calls inside are checked against.
+    who: AuthInfo,
 }
 
 fn prefix_end(key: &[u8]) -> Vec<u8> {
@@ -103,26 +106,32 @@ fn passed_on(s: Status) -> Status {
 }
 
 impl Client {
+    async fn of<T>(etch: &Arc<Etch>, request: &Request<T>) -> Result<Client, Status> {
+        Ok(Client {
+            etch: etch.clone(),
+            who: etch.who(request).await?,
+        })
+    }
+
+    /// A request of the calls inside, as the caller.
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.extensions_mut().insert(self.who.clone());
+        r
+    }
+
     async fn txn(&self, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
         let kv = KvService {
             etch: self.etch.clone(),
         };
-        Ok(kv
-            .txn(Request::new(t))
-            .await
-            .map_err(passed_on)?
-            .into_inner())
+        Ok(kv.txn(self.req(t)).await.map_err(passed_on)?.into_inner())
     }
 
     async fn range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
         let kv = KvService {
             etch: self.etch.clone(),
         };
-        Ok(kv
-            .range(Request::new(r))
-            .await
-            .map_err(passed_on)?
-            .into_inner())
+        Ok(kv.range(self.req(r)).await.map_err(passed_on)?.into_inner())
     }
 
     async fn delete(&self, key: &[u8]) -> Result<pb::DeleteRangeResponse, Status> {
@@ -134,7 +143,7 @@ impl Client {
             ..Default::default()
         };
         Ok(kv
-            .delete_range(Request::new(r))
+            .delete_range(self.req(r))
             .await
             .map_err(passed_on)?
             .into_inner())
@@ -149,7 +158,7 @@ impl Client {
             etch: self.etch.clone(),
         };
         let r = ls
-            .lease_grant(Request::new(pb::LeaseGrantRequest {
+            .lease_grant(self.req(pb::LeaseGrantRequest {
                 ttl: SESSION_TTL,
                 id: 0,
             }))
@@ -319,10 +328,8 @@ impl Lock for LockService {
         &self,
         request: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
+        let c = Client::of(&self.etch, &request).await?;
         let r = request.into_inner();
-        let c = Client {
-            etch: self.etch.clone(),
-        };
         let lease = c.session_lease(r.lease).await?;
         let (resp, key, rev) = enter(&c, &r.name, lease, b"").await?;
         let owner = resp.responses.get(1).and_then(|o| range_of(o).first());
@@ -360,10 +367,8 @@ impl Lock for LockService {
         &self,
         request: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
+        let c = Client::of(&self.etch, &request).await?;
         let r = request.into_inner();
-        let c = Client {
-            etch: self.etch.clone(),
-        };
         let d = c.delete(&r.key).await?;
         Ok(Response::new(lpb::UnlockResponse { header: d.header }))
     }
@@ -422,10 +427,8 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let c = Client::of(&self.etch, &request).await?;
         let r = request.into_inner();
-        let c = Client {
-            etch: self.etch.clone(),
-        };
         let lease = c.session_lease(r.lease).await?;
         let (resp, key, rev) = enter(&c, &r.name, lease, &r.value).await?;
         let leader = epb::LeaderKey {
@@ -459,11 +462,9 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let c = Client::of(&self.etch, &request).await?;
         let r = request.into_inner();
         let l = r.leader.ok_or_else(missing_leader)?;
-        let c = Client {
-            etch: self.etch.clone(),
-        };
         let resp = proclaim(&c, &l, &r.value).await?;
         Ok(Response::new(epb::ProclaimResponse {
             header: resp.header,
@@ -474,10 +475,8 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
+        let c = Client::of(&self.etch, &request).await?;
         let r = request.into_inner();
-        let c = Client {
-            etch: self.etch.clone(),
-        };
         let got = c.range(first_created(&with_slash(&r.name))).await?;
         let kv = got
             .kvs
@@ -496,10 +495,8 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let c = Client::of(&self.etch, &request).await?;
         let r = request.into_inner();
-        let c = Client {
-            etch: self.etch.clone(),
-        };
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             if let Err(e) = observe(&c, &with_slash(&r.name), &tx).await {
@@ -513,11 +510,9 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
+        let c = Client::of(&self.etch, &request).await?;
         let r = request.into_inner();
         let l = r.leader.ok_or_else(missing_leader)?;
-        let c = Client {
-            etch: self.etch.clone(),
-        };
         let resp = resign(&c, &l).await?;
         Ok(Response::new(epb::ResignResponse {
             header: resp.header,

@@ -104,7 +104,9 @@ const FLAGS: &[Flag] = &[
     f("strict-reconfig-check", Bool, "true", Ignored),
     f("pre-vote", Bool, "true", Ignored),
     f("metrics", Str, "basic", Ignored),
-    f("auth-token", Str, "simple", Ignored),
+    f("auth-token", Str, "simple", Yes),
+    f("auth-token-ttl", Int, "300", Yes),
+    f("bcrypt-cost", Int, "10", Yes),
     f("socket-reuse-address", Bool, "false", Ignored),
     f("socket-reuse-port", Bool, "false", Ignored),
     f("force-new-cluster", Bool, "false", NotYet),
@@ -175,6 +177,12 @@ pub struct Config {
     /// `--experimental-snapshot-catchup-entries`: entries kept below the applied index for
     /// slow followers.
     pub snapshot_catchup_entries: u64,
+    /// `--auth-token`: `simple` or `jwt,pub-key=…,priv-key=…,sign-method=…,ttl=…`.
+    pub auth_token: String,
+    /// `--auth-token-ttl`: seconds a simple token lives after its last use.
+    pub auth_token_ttl: u64,
+    /// `--bcrypt-cost` of password hashes.
+    pub bcrypt_cost: u32,
 }
 
 /// A client listener.
@@ -474,7 +482,20 @@ fn build(v: &BTreeMap<&'static str, String>) -> Result<Config, String> {
         .ok_or("--experimental-watch-progress-notify-interval must be a positive duration")?,
         snapshot_count: snapshot_count as u64,
         snapshot_catchup_entries: snapshot_catchup_entries as u64,
+        auth_token: v["auth-token"].clone(),
+        auth_token_ttl: int(v, "auth-token-ttl").max(0) as u64,
+        bcrypt_cost: bcrypt_cost(int(v, "bcrypt-cost")),
     })
+}
+
+/// etcd's `--bcrypt-cost`: outside bcrypt's 4..=31 it warns and uses the default, 10.
+fn bcrypt_cost(c: i64) -> u32 {
+    if (4..=31).contains(&c) {
+        c as u32
+    } else {
+        tracing::warn!("--bcrypt-cost {c} is outside 4..31; using 10");
+        10
+    }
 }
 
 /// `--initial-cluster` as `name=url,name=url,…` (a name may repeat, once per URL): the

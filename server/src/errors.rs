@@ -84,6 +84,32 @@ pub enum EtcdError {
     RoleNotFound,
     #[error("etcdserver: authentication is not enabled")]
     AuthNotEnabled,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd has no gRPC status for this one: it travels as Unknown with the auth
+    /// package's own text.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// A fault inside etch (storage failed): the text says what.
     #[error("{0}")]
     Internal(String),
@@ -109,7 +135,16 @@ impl EtcdError {
             | InvalidDowngradeTargetVersion
             | MemberBadUrls
             | UserEmpty
-            | RoleEmpty => Code::InvalidArgument,
+            | RoleEmpty
+            | AuthFailed
+            | PermissionNotGiven
+            | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
+            RootRoleNotExist | UserAlreadyExist | RoleAlreadyExist | RoleNotGranted
+            | PermissionNotGranted => Code::FailedPrecondition,
+            NoPasswordUser => Code::Unknown,
             BadLeaderTransferee | NotLeader | NoInflightDowngrade | PeerUrlExist
             | MemberNotLearner | RootUserNotExist | UserNotFound | RoleNotFound
             | AuthNotEnabled => Code::FailedPrecondition,

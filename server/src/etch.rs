@@ -12,6 +12,7 @@ use prost::Message as _;
 
 use crate::alarms::Alarms;
 use crate::apply::{Compactor, Output, WriteResult};
+use crate::auth::AuthInfo;
 use crate::config::Config;
 use crate::data_dir::CLUSTER_TREE;
 use crate::errors::EtcdError;
@@ -20,7 +21,7 @@ use crate::lessor::Lessor;
 use crate::members;
 use crate::metrics::Metrics;
 use crate::pb::etcdserverpb::{self as pb, ResponseHeader};
-use crate::pb::etchpb::{InternalRequest, internal_request};
+use crate::pb::etchpb::{AuthHeader, InternalRequest, internal_request};
 use crate::pb::etchpeerpb as ppb;
 use crate::peer::{Peers, SnapshotInbox};
 use crate::watch_hub::WatchHub;
@@ -41,6 +42,7 @@ pub struct Etch {
     pub watch_hub: Arc<WatchHub>,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<Alarms>,
+    pub auth: Arc<crate::auth::AuthStore>,
     pub metrics: Arc<Metrics>,
     /// A NOSPACE activation is being proposed.
     pub raising_nospace: AtomicBool,
@@ -182,6 +184,122 @@ impl Etch {
     }
 }
 
+/// What a request carries to say who sent it.
+#[derive(Debug, Clone, Default)]
+pub enum Credentials {
+    #[default]
+    None,
+    Token(String),
+    /// A token that is not text.
+    BadToken,
+    /// The common name of a verified client certificate (`--client-cert-auth`).
+    Certificate(String),
+    /// Found by the service that called this one.
+    Resolved(AuthInfo),
+}
+
+/// A client's request as proposed: with who asked, for the permission checks at apply.
+pub fn client_request(req: internal_request::Request, who: &AuthInfo) -> Vec<u8> {
+    InternalRequest {
+        request: Some(req),
+        auth: Some(AuthHeader {
+            username: who.user.clone(),
+            revision: who.revision,
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// etch's own request (lease expiry, auto-compaction, alarms, member attributes):
+/// applied as the server, unchecked.
+pub fn server_request(req: internal_request::Request) -> Vec<u8> {
+    InternalRequest {
+        request: Some(req),
+        auth: None,
+    }
+    .encode_to_vec()
+}
+
+impl Etch {
+    /// Who sent a request, as etcd finds out: a token in the `token` (or gateway's
+    /// `authorization`) metadata, else with `--client-cert-auth` the common name of the
+    /// client's certificate, else nobody. A token this member does not know is refused.
+    pub async fn who<T>(&self, req: &tonic::Request<T>) -> Result<AuthInfo, EtcdError> {
+        self.resolve(&self.credentials(req)).await
+    }
+
+    /// What a request carries to say who sent it (see [`Etch::who`]); a stream keeps it
+    /// to check each new watcher.
+    pub fn credentials<T>(&self, req: &tonic::Request<T>) -> Credentials {
+        // Services calling services pass on what they found.
+        if let Some(ai) = req.extensions().get::<AuthInfo>() {
+            return Credentials::Resolved(ai.clone());
+        }
+        let md = req.metadata();
+        if let Some(t) = md.get("token").or_else(|| md.get("authorization")) {
+            return match t.to_str() {
+                Ok(t) => Credentials::Token(t.to_string()),
+                Err(_) => Credentials::BadToken,
+            };
+        }
+        if self.cfg.tls.as_ref().is_some_and(|t| t.client_cert_auth)
+            && md.get("grpcgateway-accept").is_none()
+            && let Some(certs) = req.peer_certs()
+            && let Some(user) = certs
+                .first()
+                .and_then(|c| crate::auth::cert::common_name(c))
+        {
+            return Credentials::Certificate(user);
+        }
+        Credentials::None
+    }
+
+    pub async fn resolve(&self, c: &Credentials) -> Result<AuthInfo, EtcdError> {
+        match c {
+            Credentials::Resolved(ai) => Ok(ai.clone()),
+            Credentials::Token(t) => self.token_info(t).await.ok_or(EtcdError::InvalidAuthToken),
+            Credentials::BadToken => Err(EtcdError::InvalidAuthToken),
+            Credentials::Certificate(user) => Ok(AuthInfo {
+                user: user.clone(),
+                revision: self.auth.revision(),
+            }),
+            Credentials::None => Ok(AuthInfo::default()),
+        }
+    }
+
+    async fn token_info(&self, token: &str) -> Option<AuthInfo> {
+        match self.auth.tokens.index_of(token) {
+            // A simple token is known once its Authenticate entry is applied here.
+            Some(index) => {
+                let mut applied = self.node.applied();
+                tokio::time::timeout(self.request_timeout(), applied.wait_for(|a| *a >= index))
+                    .await
+                    .ok()?
+                    .ok()?;
+            }
+            None if self.auth.tokens.is_simple() => return None,
+            None => {}
+        }
+        self.auth.tokens.info(token, self.auth.revision())
+    }
+
+    /// etcd's check after a read: credentials from before an auth change that landed
+    /// while the read ran are refused.
+    pub fn still_current(&self, who: &AuthInfo) -> Result<(), EtcdError> {
+        if who.revision != 0 && who.revision != self.auth.revision() {
+            return Err(EtcdError::AuthOldRevision);
+        }
+        Ok(())
+    }
+
+    /// Root only (maintenance, membership).
+    pub async fn admin<T>(&self, req: &tonic::Request<T>) -> Result<AuthInfo, EtcdError> {
+        let who = self.who(req).await?;
+        self.auth.admin_permitted(&who)?;
+        Ok(who)
+    }
+}
+
 impl Etch {
     /// Returns once this member has applied everything committed when it was called (at
     /// most the request timeout): a leader may know a lease a follower has already told
@@ -284,10 +402,7 @@ pub async fn publish_attributes(etch: Arc<Etch>) {
         if etch.node.status().leader == 0 {
             continue;
         }
-        let bytes = InternalRequest {
-            request: Some(internal_request::Request::MemberAttributes(mine.clone())),
-        }
-        .encode_to_vec();
+        let bytes = server_request(internal_request::Request::MemberAttributes(mine.clone()));
         match etch.propose(bytes).await {
             Ok(_) => {
                 tracing::info!(
@@ -307,10 +422,7 @@ pub async fn propose_alarm(
     etch: &Etch,
     req: pb::AlarmRequest,
 ) -> Result<Vec<(u64, i32)>, EtcdError> {
-    let bytes = InternalRequest {
-        request: Some(internal_request::Request::Alarm(req)),
-    }
-    .encode_to_vec();
+    let bytes = server_request(internal_request::Request::Alarm(req));
     match etch.propose(bytes).await? {
         WriteResult::Alarm(v) => Ok(v),
         other => Err(EtcdError::Internal(format!(

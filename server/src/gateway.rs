@@ -23,7 +23,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Status};
 
-use crate::auth::AuthService;
+use crate::auth::service::AuthService;
 use crate::cluster::ClusterService;
 use crate::concurrency::{ElectionService, LockService};
 use crate::etch::Etch;
@@ -196,16 +196,20 @@ fn requests<Req: prost::Message + Default>(name: &str, body: &[u8]) -> Result<Ve
 
 /// `/v3/watch`: the watches the body creates, their events streamed until the client
 /// goes away (the end of the body ends no watch, as with etcd).
-async fn watch(State(etch): State<Arc<Etch>>, body: Bytes) -> Response {
+async fn watch(
+    State(etch): State<Arc<Etch>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let reqs = match requests::<pb::WatchRequest>("etcdserverpb.WatchRequest", &body) {
         Ok(r) => r,
         Err(s) => return error(&s),
     };
     let inbound = tokio_stream::iter(reqs.into_iter().map(Ok)).chain(tokio_stream::pending());
-    stream_response(
-        "etcdserverpb.WatchResponse",
-        crate::watch::serve(etch, Box::pin(inbound)),
-    )
+    stream_response("etcdserverpb.WatchResponse", {
+        let creds = etch.credentials(&with_auth((), &headers));
+        crate::watch::serve(etch, Box::pin(inbound), creds)
+    })
 }
 
 /// `/v3/lease/keepalive`: one answer per request in the body.
@@ -222,7 +226,11 @@ async fn keep_alive(State(etch): State<Arc<Etch>>, body: Bytes) -> Response {
     )
 }
 
-async fn snapshot(State(etch): State<Arc<Etch>>, body: Bytes) -> Response {
+async fn snapshot(
+    State(etch): State<Arc<Etch>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let req = match decode("etcdserverpb.SnapshotRequest", &body).and_then(|b| {
         pb::SnapshotRequest::decode(b.as_slice())
             .map_err(|e| Status::invalid_argument(e.to_string()))
@@ -231,7 +239,7 @@ async fn snapshot(State(etch): State<Arc<Etch>>, body: Bytes) -> Response {
         Err(s) => return error(&s),
     };
     match (MaintenanceService { etch })
-        .snapshot(Request::new(req))
+        .snapshot(with_auth(req, &headers))
         .await
     {
         Ok(s) => stream_response("etcdserverpb.SnapshotResponse", s.into_inner()),
@@ -239,7 +247,11 @@ async fn snapshot(State(etch): State<Arc<Etch>>, body: Bytes) -> Response {
     }
 }
 
-async fn observe(State(etch): State<Arc<Etch>>, body: Bytes) -> Response {
+async fn observe(
+    State(etch): State<Arc<Etch>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let req = match decode("v3electionpb.LeaderRequest", &body).and_then(|b| {
         crate::pb::v3electionpb::LeaderRequest::decode(b.as_slice())
             .map_err(|e| Status::invalid_argument(e.to_string()))
@@ -247,10 +259,25 @@ async fn observe(State(etch): State<Arc<Etch>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(s) => return error(&s),
     };
-    match (ElectionService { etch }).observe(Request::new(req)).await {
+    match (ElectionService { etch })
+        .observe(with_auth(req, &headers))
+        .await
+    {
         Ok(s) => stream_response("v3electionpb.LeaderResponse", s.into_inner()),
         Err(s) => error(&s),
     }
+}
+
+/// A gRPC request carrying the HTTP request's `Authorization` header as the
+/// `authorization` metadata, where grpc-gateway puts it (the token etcd reads).
+fn with_auth<T>(msg: T, headers: &axum::http::HeaderMap) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(v) = headers.get(header::AUTHORIZATION)
+        && let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes())
+    {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
 }
 
 /// Routes `POST $path` to `$service.$method`, with etcd's message names.
@@ -258,10 +285,10 @@ macro_rules! unary_route {
     ($router:expr, $path:literal, $service:ident, $method:ident, $req:literal, $resp:literal) => {
         $router.route(
             $path,
-            post(|State(etch): State<Arc<Etch>>, body: Bytes| async move {
+            post(|State(etch): State<Arc<Etch>>, headers: axum::http::HeaderMap, body: Bytes| async move {
                 let s = $service { etch };
                 unary(&body, $req, $resp, |r| async move {
-                    s.$method(Request::new(r)).await
+                    s.$method(with_auth(r, &headers)).await
                 })
                 .await
             }),

@@ -3,17 +3,17 @@
 
 use std::sync::Arc;
 
-use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::apply::WriteResult;
+use crate::auth::AuthInfo;
 use crate::convert;
 use crate::errors::EtcdError;
 use crate::etch::Etch;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::kv_server::Kv;
-use crate::pb::etchpb::{InternalRequest, internal_request};
+use crate::pb::etchpb::internal_request;
 use crate::validate;
 
 #[derive(Debug, Clone)]
@@ -22,9 +22,14 @@ pub struct KvService {
 }
 
 impl KvService {
-    async fn write(&self, req: internal_request::Request) -> Result<WriteResult, EtcdError> {
-        let bytes = InternalRequest { request: Some(req) }.encode_to_vec();
-        self.etch.propose(bytes).await
+    async fn write(
+        &self,
+        req: internal_request::Request,
+        who: &AuthInfo,
+    ) -> Result<WriteResult, EtcdError> {
+        self.etch
+            .propose(crate::etch::client_request(req, who))
+            .await
     }
 }
 
@@ -34,11 +39,13 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
         validate::range(&r)?;
         if !r.serializable {
             self.etch.linearizable_barrier().await?;
         }
+        self.etch.auth.range_permitted(&who, &r.key, &r.range_end)?;
         let store = self.etch.store.clone();
         let req = convert::range_in(&r);
         let resp = tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
@@ -46,6 +53,7 @@ impl Kv for KvService {
         })
         .await
         .map_err(|e| EtcdError::Internal(format!("etch: range task: {e}")))??;
+        self.etch.still_current(&who)?;
         let header = self.etch.header(resp.revision);
         Ok(Response::new(convert::range_out(resp, Some(header))))
     }
@@ -60,6 +68,7 @@ impl Kv for KvService {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
         use pb::range_request::{SortOrder, SortTarget};
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
         validate::range(&r)?;
         let default_order = r.sort_order == SortOrder::None as i32
@@ -82,6 +91,7 @@ impl Kv for KvService {
         if !r.serializable {
             self.etch.linearizable_barrier().await?;
         }
+        self.etch.auth.range_permitted(&who, &r.key, &r.range_end)?;
         let etch = self.etch.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tokio::task::spawn_blocking(move || {
@@ -96,11 +106,12 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
         self.etch
             .check_quota(PUT_OVERHEAD_BYTES + r.key.len() + r.value.len())?;
         validate::put(&r)?;
-        match self.write(internal_request::Request::Put(r)).await? {
+        match self.write(internal_request::Request::Put(r), &who).await? {
             WriteResult::Put(p) => {
                 let h = self.etch.header(p.revision);
                 Ok(Response::new(convert::put_out(p, Some(h))))
@@ -113,10 +124,11 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
         validate::delete_range(&r)?;
         match self
-            .write(internal_request::Request::DeleteRange(r))
+            .write(internal_request::Request::DeleteRange(r), &who)
             .await?
         {
             WriteResult::DeleteRange(d) => {
@@ -131,6 +143,7 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
         self.etch.check_quota(txn_cost(&r))?;
         validate::txn(&r, self.etch.cfg.max_txn_ops)?;
@@ -139,6 +152,10 @@ impl Kv for KvService {
             if !is_serializable(&r) {
                 self.etch.linearizable_barrier().await?;
             }
+            // Read-only: no put, so no lease to look up.
+            self.etch
+                .auth
+                .txn_permitted(&who, &r, &|_| Ok(Vec::new()))?;
             let store = self.etch.store.clone();
             let req = convert::txn_in(&r);
             let resp = tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
@@ -146,10 +163,11 @@ impl Kv for KvService {
             })
             .await
             .map_err(|e| EtcdError::Internal(format!("etch: txn task: {e}")))??;
+            self.etch.still_current(&who)?;
             let h = self.etch.header(resp.revision);
             return Ok(Response::new(convert::txn_out(resp, Some(h))));
         }
-        match self.write(internal_request::Request::Txn(r)).await? {
+        match self.write(internal_request::Request::Txn(r), &who).await? {
             WriteResult::Txn(t) => {
                 let h = self.etch.header(t.revision);
                 Ok(Response::new(convert::txn_out(t, Some(h))))
@@ -162,9 +180,13 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
         let physical = r.physical;
-        match self.write(internal_request::Request::Compaction(r)).await? {
+        match self
+            .write(internal_request::Request::Compaction(r), &who)
+            .await?
+        {
             WriteResult::Compact { revision, current } => {
                 if physical {
                     let c = self.etch.compactor.clone();

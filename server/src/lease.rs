@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,16 +21,25 @@ use crate::etch::Etch;
 use crate::lessor::{CHECKPOINT_INTERVAL, MAX_LEASE_TTL};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::lease_server::Lease;
-use crate::pb::etchpb::{InternalRequest, internal_request};
+use crate::pb::etchpb::internal_request;
 
 /// What etcd charges a grant against the quota.
 const LEASE_OVERHEAD_BYTES: usize = 64;
 /// How often the expiry task checks that this member still leads in the same term.
 const LEADERSHIP_CHECK: Duration = Duration::from_millis(500);
 
+/// Proposes etch's own lease request (expiry, checkpoint).
 async fn propose(etch: &Etch, req: internal_request::Request) -> Result<WriteResult, EtcdError> {
-    let bytes = InternalRequest { request: Some(req) }.encode_to_vec();
-    etch.propose(bytes).await
+    etch.propose(crate::etch::server_request(req)).await
+}
+
+/// Proposes a client's lease request.
+async fn propose_as(
+    etch: &Etch,
+    req: internal_request::Request,
+    who: &crate::auth::AuthInfo,
+) -> Result<WriteResult, EtcdError> {
+    etch.propose(crate::etch::client_request(req, who)).await
 }
 
 /// Revokes expired leases while this member leads.
@@ -150,6 +158,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
         self.etch.check_quota(LEASE_OVERHEAD_BYTES)?;
         if r.ttl > MAX_LEASE_TTL {
@@ -161,9 +170,10 @@ impl Lease for LeaseService {
             r.id
         };
         let ttl = r.ttl.max(self.etch.lessor.min_ttl);
-        match propose(
+        match propose_as(
             &self.etch,
             internal_request::Request::LeaseGrant(pb::LeaseGrantRequest { ttl, id }),
+            &who,
         )
         .await?
         {
@@ -183,8 +193,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
-        match propose(&self.etch, internal_request::Request::LeaseRevoke(r)).await? {
+        match propose_as(&self.etch, internal_request::Request::LeaseRevoke(r), &who).await? {
             WriteResult::DeleteRange(d) => Ok(Response::new(pb::LeaseRevokeResponse {
                 header: Some(self.etch.header(d.revision)),
             })),
@@ -210,47 +221,21 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let who = self.etch.who(&request).await?;
         let r = request.into_inner();
-        self.etch.linearizable_barrier().await?;
-        if !self.etch.node.status().is_leader {
-            // The remaining TTL is the leader's to tell.
-            let rep = self.etch.lease_at_leader(r.id, r.keys, false).await?;
-            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
-                header: Some(self.etch.header(self.etch.store.current_revision())),
-                id: r.id,
-                ttl: rep.ttl,
-                granted_ttl: rep.granted_ttl,
-                keys: rep.keys,
-            }));
+        let out = self.time_to_live(&r).await?;
+        if r.keys && self.etch.auth.enabled() {
+            // etcd 3.6: listing a lease's keys needs read permission on each, and
+            // credentials still current after the answer.
+            for k in &out.keys {
+                self.etch.auth.range_permitted(&who, k, &[])?;
+            }
+            if who.revision == 0 {
+                return Err(EtcdError::UserEmpty.into());
+            }
+            self.etch.still_current(&who)?;
         }
-        let rev = self.etch.store.current_revision();
-        let Some((granted, left)) = self.etch.lessor.remaining(r.id) else {
-            return Ok(Response::new(pb::LeaseTimeToLiveResponse {
-                header: Some(self.etch.header(rev)),
-                id: r.id,
-                ttl: -1,
-                granted_ttl: 0,
-                keys: Vec::new(),
-            }));
-        };
-        let keys = if r.keys {
-            let store = self.etch.store.clone();
-            let id = r.id;
-            tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
-                Ok(store.read()?.lease_keys(id)?)
-            })
-            .await
-            .map_err(|e| EtcdError::Internal(format!("etch: lease task: {e}")))??
-        } else {
-            Vec::new()
-        };
-        Ok(Response::new(pb::LeaseTimeToLiveResponse {
-            header: Some(self.etch.header(rev)),
-            id: r.id,
-            ttl: left,
-            granted_ttl: granted,
-            keys,
-        }))
+        Ok(Response::new(out))
     }
 
     async fn lease_leases(
@@ -281,6 +266,54 @@ impl Lease for LeaseService {
             header: Some(self.etch.header(snap.revision())),
             leases,
         }))
+    }
+}
+
+impl LeaseService {
+    async fn time_to_live(
+        &self,
+        r: &pb::LeaseTimeToLiveRequest,
+    ) -> Result<pb::LeaseTimeToLiveResponse, EtcdError> {
+        self.etch.linearizable_barrier().await?;
+        if !self.etch.node.status().is_leader {
+            // The remaining TTL is the leader's to tell.
+            let rep = self.etch.lease_at_leader(r.id, r.keys, false).await?;
+            return Ok(pb::LeaseTimeToLiveResponse {
+                header: Some(self.etch.header(self.etch.store.current_revision())),
+                id: r.id,
+                ttl: rep.ttl,
+                granted_ttl: rep.granted_ttl,
+                keys: rep.keys,
+            });
+        }
+        let rev = self.etch.store.current_revision();
+        let Some((granted, left)) = self.etch.lessor.remaining(r.id) else {
+            return Ok(pb::LeaseTimeToLiveResponse {
+                header: Some(self.etch.header(rev)),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            });
+        };
+        let keys = if r.keys {
+            let store = self.etch.store.clone();
+            let id = r.id;
+            tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
+                Ok(store.read()?.lease_keys(id)?)
+            })
+            .await
+            .map_err(|e| EtcdError::Internal(format!("etch: lease task: {e}")))??
+        } else {
+            Vec::new()
+        };
+        Ok(pb::LeaseTimeToLiveResponse {
+            header: Some(self.etch.header(rev)),
+            id: r.id,
+            ttl: left,
+            granted_ttl: granted,
+            keys,
+        })
     }
 }
 

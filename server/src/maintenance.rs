@@ -80,8 +80,10 @@ impl Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         let etch = &self.etch;
         let st = etch.node.status();
         let stats = etch.store.db().stats();
@@ -112,16 +114,20 @@ impl Maintenance for MaintenanceService {
     /// nothing to do, and nothing stops.
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         // Freed pages are reused in place: nothing to rewrite. etcd's answer has no header.
         Ok(Response::new(pb::DefragmentResponse { header: None }))
     }
 
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         let store = self.etch.store.clone();
         let (rev, hash) = tokio::task::spawn_blocking(move || -> Result<_, String> {
             let snap = store.read().map_err(|e| e.to_string())?;
@@ -140,6 +146,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         let r = request.into_inner();
         let store = self.etch.store.clone();
         let (cur, h) = tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
@@ -163,8 +171,10 @@ impl Maintenance for MaintenanceService {
     /// restore` and `etch snapshot restore` check).
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         let etch = self.etch.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
@@ -180,6 +190,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         let r = request.into_inner();
         let etch = &self.etch;
         if !etch.node.status().is_leader {
@@ -208,6 +220,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::DowngradeRequest>,
     ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        // Root only (etcd 3.6).
+        self.etch.admin(&request).await?;
         use pb::downgrade_request::DowngradeAction as A;
         let r = request.into_inner();
         let action = A::try_from(r.action).unwrap_or(A::Validate);

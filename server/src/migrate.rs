@@ -16,9 +16,12 @@ use std::path::{Path, PathBuf};
 use etch_engine::mvcc::{self, Store, etcd::Crc32c};
 use prost::Message as _;
 
+use crate::auth::tokens::Tokens;
+use crate::auth::{AuthInfo, AuthStore};
 use crate::backup::{self, ClusterFlags, RestoreOptions, Restored};
 use crate::convert;
 use crate::pb::etcdwalpb as wpb;
+use crate::pb::etchpb::internal_request::Request;
 
 const REC_METADATA: i64 = 1;
 const REC_ENTRY: i64 = 2;
@@ -157,9 +160,79 @@ fn request_outcome(e: &mvcc::Error) -> bool {
     !matches!(e, mvcc::Error::Storage(_) | mvcc::Error::Corrupt(_))
 }
 
-/// Applies etcd's entries (index order) to `store`, as etcd applied them. Returns how
-/// many changed or could have changed data.
+/// etcd's request as etch's, with who sent it; None for entries that change no data
+/// (alarms, membership, cluster version, auth reads, Authenticate: tokens are the
+/// running members' own).
+fn as_request(
+    req: wpb::InternalRaftRequest,
+) -> Result<Option<(Request, Option<AuthInfo>)>, String> {
+    let who = req.header.map(|h| AuthInfo {
+        user: h.username,
+        revision: h.auth_revision,
+    });
+    let r = if let Some(p) = req.put {
+        Request::Put(p)
+    } else if let Some(d) = req.delete_range {
+        Request::DeleteRange(d)
+    } else if let Some(t) = req.txn {
+        Request::Txn(t)
+    } else if let Some(c) = req.compaction {
+        Request::Compaction(c)
+    } else if let Some(g) = req.lease_grant {
+        Request::LeaseGrant(g)
+    } else if let Some(r) = req.lease_revoke {
+        Request::LeaseRevoke(r)
+    } else if let Some(c) = req.lease_checkpoint {
+        Request::LeaseCheckpoint(c)
+    } else if let Some(a) = req.auth_enable {
+        Request::AuthEnable(a)
+    } else if let Some(a) = req.auth_disable {
+        Request::AuthDisable(a)
+    } else if let Some(mut a) = req.auth_user_add {
+        // etcd before 3.5 logged the password and hashed it at apply.
+        if a.hashed_password.is_empty() && !a.options.is_some_and(|o| o.no_password) {
+            a.hashed_password = hash_password(&std::mem::take(&mut a.password))?;
+        }
+        Request::UserAdd(a)
+    } else if let Some(a) = req.auth_user_delete {
+        Request::UserDelete(a)
+    } else if let Some(mut a) = req.auth_user_change_password {
+        if a.hashed_password.is_empty() && !a.password.is_empty() {
+            a.hashed_password = hash_password(&std::mem::take(&mut a.password))?;
+        }
+        Request::UserChangePassword(a)
+    } else if let Some(a) = req.auth_user_grant_role {
+        Request::UserGrantRole(a)
+    } else if let Some(a) = req.auth_user_revoke_role {
+        Request::UserRevokeRole(a)
+    } else if let Some(a) = req.auth_role_add {
+        Request::RoleAdd(a)
+    } else if let Some(a) = req.auth_role_delete {
+        Request::RoleDelete(a)
+    } else if let Some(a) = req.auth_role_grant_permission {
+        Request::RoleGrantPermission(a)
+    } else if let Some(a) = req.auth_role_revoke_permission {
+        Request::RoleRevokePermission(a)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some((r, who)))
+}
+
+/// bcrypt at etcd's default cost, base64, as etcd stores a password.
+fn hash_password(p: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    let h = bcrypt::hash_with_result(p, 10)
+        .map_err(|e| format!("bcrypt: {e}"))?
+        .format_for_version(bcrypt::Version::TwoA);
+    Ok(base64::engine::general_purpose::STANDARD.encode(h))
+}
+
+/// Applies etcd's entries (index order) to `store`, as etcd applied them, with etcd's
+/// permission checks when auth is on. Returns how many changed or could have changed
+/// data.
 fn apply_wal(store: &Store, entries: &[wpb::Entry]) -> Result<u64, String> {
+    let auth = AuthStore::load(store, Tokens::from_flags("simple", 300)?, 10)?;
     let mut applied = 0u64;
     for batch in entries.chunks(APPLY_BATCH) {
         let mut tx = store.write().map_err(|e| e.to_string())?;
@@ -169,43 +242,42 @@ fn apply_wal(store: &Store, entries: &[wpb::Entry]) -> Result<u64, String> {
             }
             let req = wpb::InternalRaftRequest::decode(e.data.as_slice())
                 .map_err(|err| format!("WAL entry {}: not an etcd v3 request: {err}", e.index))?;
-            if req.auth_enable.is_some() {
-                return Err(format!(
-                    "WAL entry {} enables auth; etch does not serve auth yet",
-                    e.index
-                ));
-            }
-            let r = if let Some(p) = &req.put {
-                tx.put(&convert::put_in(p)).map(|_| ())
-            } else if let Some(d) = &req.delete_range {
-                tx.delete_range(&convert::delete_in(d)).map(|_| ())
-            } else if let Some(t) = &req.txn {
-                tx.txn(&convert::txn_in(t)).map(|_| ())
-            } else if let Some(c) = &req.compaction {
-                tx.compact(c.revision)
-            } else if let Some(g) = &req.lease_grant {
-                tx.lease_grant(g.id, g.ttl)
-            } else if let Some(r) = &req.lease_revoke {
-                tx.lease_revoke(r.id).map(|_| ())
-            } else if let Some(c) = &req.lease_checkpoint {
-                let mut r = Ok(());
-                for cp in &c.checkpoints {
-                    r = tx.lease_checkpoint(cp.id, cp.remaining_ttl);
-                    if r.as_ref().is_err_and(|e| !request_outcome(e)) {
-                        break;
-                    }
-                }
-                r
-            } else {
-                // Alarms, membership, cluster version, auth reads: nothing of the data.
+            let Some((req, who)) = as_request(req)? else {
                 continue;
+            };
+            applied += 1;
+            if let Some(w) = &who
+                && auth.request_permitted(&tx, w, &req).is_err()
+            {
+                // etcd refused it too.
+                continue;
+            }
+            let r = match &req {
+                Request::Put(p) => tx.put(&convert::put_in(p)).map(|_| ()),
+                Request::DeleteRange(d) => tx.delete_range(&convert::delete_in(d)).map(|_| ()),
+                Request::Txn(t) => tx.txn(&convert::txn_in(t)).map(|_| ()),
+                Request::Compaction(c) => tx.compact(c.revision),
+                Request::LeaseGrant(g) => tx.lease_grant(g.id, g.ttl),
+                Request::LeaseRevoke(r) => tx.lease_revoke(r.id).map(|_| ()),
+                Request::LeaseCheckpoint(c) => {
+                    let mut r = Ok(());
+                    for cp in &c.checkpoints {
+                        r = tx.lease_checkpoint(cp.id, cp.remaining_ttl);
+                        if r.as_ref().is_err_and(|e| !request_outcome(e)) {
+                            break;
+                        }
+                    }
+                    r
+                }
+                auth_change => auth
+                    .apply(&mut tx, auth_change, who.as_ref(), e.index)
+                    .map(|_| ()),
             };
             match r {
                 Ok(()) => {}
                 Err(err) if request_outcome(&err) => {}
                 Err(err) => return Err(format!("applying WAL entry {}: {err}", e.index)),
             }
-            applied += 1;
         }
         tx.commit().map_err(|e| e.to_string())?;
     }

@@ -11,7 +11,7 @@ use etch_raft::{Applied, Node};
 
 use crate::alarms::Alarms;
 use crate::apply::{Apply, Compactor};
-use crate::auth::AuthService;
+use crate::auth::service::AuthService;
 use crate::cluster::ClusterService;
 use crate::concurrency::{ElectionService, LockService};
 use crate::config::Config;
@@ -152,6 +152,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         election,
     )?;
     let alarms = Alarms::load(&store)?;
+    let auth = Arc::new(crate::auth::AuthStore::load(
+        &store,
+        crate::auth::tokens::Tokens::from_flags(&cfg.auth_token, cfg.auth_token_ttl)?,
+        cfg.bcrypt_cost,
+    )?);
     let metrics = Arc::new(Metrics::default());
     let mut rcfg = etch_raft::Config::new(member_id, &cfg.wal_dir);
     rcfg.tick = cfg.heartbeat;
@@ -168,6 +173,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             revision_tx,
             lessor: lessor.clone(),
             alarms: alarms.clone(),
+            auth: auth.clone(),
             metrics: metrics.clone(),
             inbox: inbox.clone(),
             lease_extend: election,
@@ -193,6 +199,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         watch_hub,
         lessor,
         alarms,
+        auth,
         metrics,
         raising_nospace: AtomicBool::new(false),
         free_pages: AtomicU64::new(0),

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::convert::kv_out;
 use crate::errors::EtcdError;
-use crate::etch::{Etch, GRPC_OVERHEAD_BYTES};
+use crate::etch::{Credentials, Etch, GRPC_OVERHEAD_BYTES};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::mvccpb;
@@ -55,22 +55,28 @@ impl Watch for WatchService {
         {
             return Err(EtcdError::NoLeader.into());
         }
+        let creds = self.etch.credentials(&request);
         Ok(Response::new(serve(
             self.etch.clone(),
             request.into_inner(),
+            creds,
         )))
     }
 }
 
 /// Serves one watch stream: requests from `inbound`, answers in the returned stream
 /// (the gRPC service and the JSON gateway both run it).
-pub fn serve<S>(etch: Arc<Etch>, inbound: S) -> ReceiverStream<Result<pb::WatchResponse, Status>>
+pub fn serve<S>(
+    etch: Arc<Etch>,
+    inbound: S,
+    creds: Credentials,
+) -> ReceiverStream<Result<pb::WatchResponse, Status>>
 where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
 {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     tokio::spawn(async move {
-        let mut s = StreamTask::new(etch, tx);
+        let mut s = StreamTask::new(etch, tx, creds);
         s.run(inbound).await;
     });
     ReceiverStream::new(rx)
@@ -135,13 +141,16 @@ struct StreamTask {
     /// Every batch up to here has been matched against every watcher.
     seen_rev: i64,
     progress_requested: bool,
+    /// Who opened the stream: each new watcher needs read permission on its range.
+    creds: Credentials,
 }
 
 impl StreamTask {
-    fn new(etch: Arc<Etch>, out: Out) -> StreamTask {
+    fn new(etch: Arc<Etch>, out: Out, creds: Credentials) -> StreamTask {
         StreamTask {
             etch,
             out,
+            creds,
             watchers: BTreeMap::new(),
             next_id: 0,
             seen_rev: 0,
@@ -222,7 +231,42 @@ impl StreamTask {
         }
     }
 
+    /// etcd's check: read permission on the key and range end as its watch store takes
+    /// them (an empty key is "\0"; a range end of "\0", every key above, is checked as
+    /// the single key).
+    async fn watch_permitted(&self, c: &pb::WatchCreateRequest) -> bool {
+        if !self.etch.auth.enabled() {
+            return true;
+        }
+        let Ok(who) = self.etch.resolve(&self.creds).await else {
+            return false;
+        };
+        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+        let end: &[u8] = if c.range_end == [0] {
+            &[]
+        } else {
+            &c.range_end
+        };
+        self.etch.auth.range_permitted(&who, key, end).is_ok()
+    }
+
     async fn create(&mut self, c: pb::WatchCreateRequest) -> Result<(), End> {
+        if !self.watch_permitted(&c).await {
+            return self
+                .send(pb::WatchResponse {
+                    header: Some(self.etch.header(self.etch.store.current_revision())),
+                    watch_id: c.watch_id,
+                    created: true,
+                    canceled: true,
+                    // grpc-go's rendering of the status, as etcd sends it.
+                    cancel_reason: format!(
+                        "rpc error: code = PermissionDenied desc = {}",
+                        EtcdError::PermissionDenied
+                    ),
+                    ..Default::default()
+                })
+                .await;
+        }
         let current = self.etch.store.current_revision();
         // An empty key means the smallest key; a range end of "\0" means every key above.
         let key = if c.key.is_empty() { vec![0] } else { c.key };

@@ -860,3 +860,75 @@ async fn a_backup_restores_into_a_new_cluster() {
     converged(&restored, "b/new", "x").await;
     assert_same_hash(&restored).await;
 }
+
+/// Auth is replicated data: set up through one member, enforced by every member; a
+/// simple token made by one member is taken by the others (once they apply its entry);
+/// an auth change on another member reaches all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_holds_on_every_member_and_tokens_travel() {
+    let cl = Cluster::start(3, &["--bcrypt-cost=4"]);
+    let mut c = client(&cl.endpoint(0)).await;
+    common::auth_set_up(&mut c).await;
+    for i in 0..3 {
+        let ep = cl.endpoint(i);
+        let mut alice = eventually(&format!("alice on member {i}"), || {
+            let ep = ep.clone();
+            async move {
+                common::connect_as(&ep, "alice", "alicepw")
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        alice
+            .put(format!("app/{i}"), "v", None)
+            .await
+            .expect("alice writes under app/");
+        assert_eq!(
+            status(alice.put("other", "v", None).await),
+            (
+                tonic::Code::PermissionDenied,
+                "etcdserver: permission denied".to_string()
+            ),
+            "member {i} checks"
+        );
+        let mut nobody = Client::connect([ep.as_str()], None).await.expect("connect");
+        assert_eq!(
+            status(nobody.get("app/0", None).await).1,
+            "etcdserver: user name is empty",
+            "member {i}"
+        );
+    }
+    // A token from member 1's gateway, used on member 2's.
+    let port = |i: usize| cl.specs[i].client_port;
+    let (code, body) = common::http_post(
+        port(1),
+        "/v3/auth/authenticate",
+        r#"{"name":"alice","password":"alicepw"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let token = v["token"].as_str().expect("token").to_string();
+    let (code, body) =
+        common::http_post_auth(port(2), "/v3/kv/range", &token, r#"{"key":"YXBwLzA="}"#);
+    assert_eq!(code, 200, "member 2 takes member 1's token: {body}");
+    assert!(body.contains(r#""count":"1""#), "{body}");
+    // A user added through member 2 authenticates on member 0.
+    let mut root2 = common::connect_as(&cl.endpoint(2), "root", "rootpw")
+        .await
+        .expect("root");
+    root2
+        .user_add("carol", "carolpw", None)
+        .await
+        .expect("user add");
+    eventually("carol on member 0", || {
+        let ep = cl.endpoint(0);
+        async move {
+            common::connect_as(&ep, "carol", "carolpw")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+}

@@ -475,6 +475,11 @@ fn auth_scenarios() {
 }
 
 #[test]
+fn auth_rbac_scenarios() {
+    run_scenario("auth_rbac.txt");
+}
+
+#[test]
 fn concurrency_scenarios() {
     run_scenario("concurrency.txt");
 }

@@ -212,6 +212,11 @@ impl<'s> MvccTxn<'s> {
         read::lease(Some(&self.w.tree(self.t_leases)), id)
     }
 
+    /// Keys attached to a lease, as this transaction sees them.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        read::lease_keys(Some(&self.w.tree(self.t_lease_keys)), id)
+    }
+
     /// Sets a value in a small meta tree (members, auth, alarms, …); no revision.
     pub fn meta_put(&mut self, tree: &[u8], key: &[u8], value: &[u8]) -> Result<()> {
         let t = self.w.open_tree(tree)?;

@@ -332,14 +332,35 @@ pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
     http_request(port, "POST", path, body)
 }
 
+/// `POST path` with an `Authorization` header (a token, as etcd's gateway takes it).
+pub fn http_post_auth(port: u16, path: &str, token: &str, body: &str) -> (u16, String) {
+    http_request_with(
+        port,
+        "POST",
+        path,
+        &format!("Authorization: {token}\r\n"),
+        body,
+    )
+}
+
 fn http_request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_request_with(port, method, path, "", body)
+}
+
+fn http_request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("read timeout");
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         {headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("sending the request");
@@ -390,4 +411,61 @@ pub async fn bounded(who: &str, scenario: impl std::future::Future<Output = ()>)
     {
         panic!("{who}: the scenario did not finish within 60 s");
     }
+}
+
+/// A client that authenticates as `user`.
+pub async fn connect_as(
+    ep: &str,
+    user: &str,
+    password: &str,
+) -> Result<etcd_client::Client, etcd_client::Error> {
+    etcd_client::Client::connect(
+        [ep],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_user(user, password)
+                .with_timeout(Duration::from_secs(10)),
+        ),
+    )
+    .await
+}
+
+/// [`connect_as`] once the server is up (a restarted one may take a moment), for 30 s.
+pub async fn connect_as_when_up(ep: &str, user: &str, password: &str) -> etcd_client::Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match connect_as(ep, user, password).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{user} cannot connect to {ep}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Users "root" (password "rootpw", the root role) and "alice" ("alicepw"), who may read
+/// and write under `app/` and read `pub`; then auth enabled.
+pub async fn auth_set_up(c: &mut etcd_client::Client) {
+    use etcd_client::Permission;
+    c.user_add("root", "rootpw", None)
+        .await
+        .expect("user add root");
+    c.role_add("root").await.expect("role add root");
+    c.user_grant_role("root", "root").await.expect("grant root");
+    c.user_add("alice", "alicepw", None)
+        .await
+        .expect("user add alice");
+    c.role_add("app").await.expect("role add");
+    c.role_grant_permission("app", Permission::read_write("app/").with_prefix())
+        .await
+        .expect("grant app/");
+    c.role_grant_permission("app", Permission::read("pub"))
+        .await
+        .expect("grant pub");
+    c.user_grant_role("alice", "app").await.expect("grant app");
+    c.auth_enable().await.expect("auth enable");
 }
