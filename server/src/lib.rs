@@ -2,9 +2,10 @@
 //! MVCC store. The binary `etch` (`src/main.rs`) is a thin wrapper; tests can start a
 //! member in process with [`config::parse`] and [`run`].
 //!
-//! Imports run one way: state (`data_dir`, `backup`, `alarms`, `lessor`, `watch_hub`, `metrics`,
-//! `apply`) below the shared handle (`etch`), the services (`kv`, `watch`, `lease`,
-//! `maintenance`, `cluster`, `auth`, `concurrency`, `http`, `gateway`) above it, start-up (`server`) on top.
+//! Imports run one way: state (`data_dir`, `backup`, `alarms`, `auth` (the store),
+//! `lessor`, `watch_hub`, `metrics`, `apply`) below the shared handle (`etch`), the
+//! services (`kv`, `watch`, `lease`, `maintenance`, `cluster`, `auth::service`,
+//! `concurrency`, `http`, `gateway`) above it, start-up (`server`) on top.
 
 pub(crate) mod alarms;
 pub(crate) mod apply;

@@ -195,3 +195,57 @@ fn https_without_certificates_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With --client-cert-auth and auth enabled, a client certificate's common name is the
+/// user (here "client", a user without a password), as etcd does; a token, when given,
+/// names the user instead.
+#[test]
+fn the_certificates_common_name_is_the_user() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    make_certs(dir);
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let (cert, key, ca) = (
+        dir.join("server.crt"),
+        dir.join("server.key"),
+        dir.join("ca.crt"),
+    );
+    let mut etch = common::Etch::start_at(
+        &dir.join("data"),
+        port,
+        &url,
+        &[
+            "--cert-file",
+            cert.to_str().expect("utf-8"),
+            "--key-file",
+            key.to_str().expect("utf-8"),
+            "--trusted-ca-file",
+            ca.to_str().expect("utf-8"),
+            "--client-cert-auth",
+            "--bcrypt-cost=4",
+        ],
+    );
+    for step in [
+        &["user", "add", "root", "--new-user-password=rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "client", "--no-password"],
+        &["role", "add", "kv"],
+        &["role", "grant-permission", "kv", "readwrite", "k"],
+        &["user", "grant-role", "client", "kv"],
+        &["auth", "enable"],
+    ] {
+        let (ok, out) = etcdctl(dir, &url, true, step);
+        assert!(ok, "{step:?}: {out}");
+    }
+    let (ok, out) = etcdctl(dir, &url, true, &["put", "k", "by-cn"]);
+    assert!(ok, "the certificate's user may write k: {out}");
+    let (ok, out) = etcdctl(dir, &url, true, &["put", "other", "x"]);
+    assert!(!ok && out.contains("etcdserver: permission denied"), "{out}");
+    let (ok, out) = etcdctl(dir, &url, true, &["user", "list"]);
+    assert!(!ok && out.contains("etcdserver: permission denied"), "{out}");
+    let (ok, out) = etcdctl(dir, &url, true, &["--user", "root:rootpw", "user", "list"]);
+    assert!(ok && out.contains("client") && out.contains("root"), "{out}");
+    assert_eq!(etch.stop(), Some(0), "{}", etch.log_text());
+}
