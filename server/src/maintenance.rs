@@ -224,31 +224,68 @@ impl Maintenance for MaintenanceService {
         self.etch.admin(&request).await?;
         use pb::downgrade_request::DowngradeAction as A;
         let r = request.into_inner();
-        let action = A::try_from(r.action).unwrap_or(A::Validate);
-        if action == A::Cancel {
-            return Err(EtcdError::NoInflightDowngrade.into());
-        }
-        let mut parts = r.version.split('.');
-        let (Some(major), Some(minor)) = (
-            parts.next().and_then(|p| p.parse::<u32>().ok()),
-            parts.next().and_then(|p| p.parse::<u32>().ok()),
-        ) else {
-            return Err(EtcdError::WrongDowngradeVersionFormat.into());
+        let answer = || {
+            Ok(Response::new(pb::DowngradeResponse {
+                header: Some(self.etch.header(self.etch.store.current_revision())),
+                version: CLUSTER_VERSION.to_string(),
+            }))
         };
-        // Only one minor version down is a valid target (3.6 → 3.5).
-        if (major, minor) != (3, 5) {
-            return Err(EtcdError::InvalidDowngradeTargetVersion.into());
+        match A::try_from(r.action) {
+            // etcd 3.6 answers a cancel with the cluster version whatever happens (an
+            // error, such as no downgrade in progress, is only logged).
+            Ok(A::Cancel) => {
+                if let Err(e) = self.etch.linearizable_barrier().await {
+                    tracing::warn!("downgrade cancel: {e}");
+                } else {
+                    tracing::warn!("downgrade cancel: {}", EtcdError::NoInflightDowngrade);
+                }
+                answer()
+            }
+            Ok(action) => {
+                let (major, minor) = downgrade_target(&r.version)?;
+                self.etch.linearizable_barrier().await?;
+                // Only one minor version down is a valid target (3.6 → 3.5).
+                if (major, minor) != (3, 5) {
+                    return Err(EtcdError::InvalidDowngradeTargetVersion.into());
+                }
+                if action == A::Enable {
+                    // Validated as etcd validates it, but etch cannot write its data in an
+                    // older etcd's format: it refuses rather than start a downgrade it
+                    // could not finish.
+                    return Err(Status::unimplemented(
+                        "etch: downgrading the storage format is not supported",
+                    ));
+                }
+                answer()
+            }
+            Err(_) => Err(Status::unknown("etcdserver: unknown method")),
         }
-        if action == A::Enable {
-            return Err(Status::unimplemented(
-                "etch: downgrading the storage format is not supported",
-            ));
-        }
-        Ok(Response::new(pb::DowngradeResponse {
-            header: Some(self.etch.header(self.etch.store.current_revision())),
-            version: "3.6".to_string(),
-        }))
     }
+}
+
+/// The cluster version a downgrade answer names (major.minor of the version etch
+/// reports).
+const CLUSTER_VERSION: &str = "3.6";
+
+/// A downgrade target as etcd parses it: a semantic version (`3.5.0`, with optional
+/// pre-release and build parts) or `major.minor`; only major and minor count.
+fn downgrade_target(v: &str) -> Result<(u64, u64), EtcdError> {
+    let parse = |v: &str| -> Option<(u64, u64)> {
+        let core = v.split_once('+').map_or(v, |(c, _)| c);
+        let core = core.split_once('-').map_or(core, |(c, _)| c);
+        let parts: Vec<&str> = core.split('.').collect();
+        if parts.len() != 3
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return None;
+        }
+        Some((parts[0].parse().ok()?, parts[1].parse().ok()?))
+    };
+    parse(v)
+        .or_else(|| parse(&format!("{v}.0")))
+        .ok_or(EtcdError::WrongDowngradeVersionFormat)
 }
 
 fn stream_snapshot(
@@ -298,4 +335,24 @@ fn stream_snapshot(
         version: crate::ETCD_VERSION.to_string(),
     }));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downgrade_targets_parse_as_etcd_parses_them() {
+        assert_eq!(downgrade_target("3.5"), Ok((3, 5)));
+        assert_eq!(downgrade_target("3.5.0"), Ok((3, 5)));
+        assert_eq!(downgrade_target("3.5.2-rc.1+abc"), Ok((3, 5)));
+        assert_eq!(downgrade_target("3.4"), Ok((3, 4)));
+        for bad in ["", "3", "v3.5", "3.5.x", "3.5.0.1", "three.five", "3..5"] {
+            assert_eq!(
+                downgrade_target(bad),
+                Err(EtcdError::WrongDowngradeVersionFormat),
+                "{bad}"
+            );
+        }
+    }
 }

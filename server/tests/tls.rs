@@ -242,10 +242,19 @@ fn the_certificates_common_name_is_the_user() {
     let (ok, out) = etcdctl(dir, &url, true, &["put", "k", "by-cn"]);
     assert!(ok, "the certificate's user may write k: {out}");
     let (ok, out) = etcdctl(dir, &url, true, &["put", "other", "x"]);
-    assert!(!ok && out.contains("etcdserver: permission denied"), "{out}");
+    assert!(
+        !ok && out.contains("etcdserver: permission denied"),
+        "{out}"
+    );
     let (ok, out) = etcdctl(dir, &url, true, &["user", "list"]);
-    assert!(!ok && out.contains("etcdserver: permission denied"), "{out}");
+    assert!(
+        !ok && out.contains("etcdserver: permission denied"),
+        "{out}"
+    );
     let (ok, out) = etcdctl(dir, &url, true, &["--user", "root:rootpw", "user", "list"]);
-    assert!(ok && out.contains("client") && out.contains("root"), "{out}");
+    assert!(
+        ok && out.contains("client") && out.contains("root"),
+        "{out}"
+    );
     assert_eq!(etch.stop(), Some(0), "{}", etch.log_text());
 }
