@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use etch_engine::mvcc::EventType;
 
 use crate::auth::AuthInfo;
-use crate::etch::Etch;
+use crate::etch::{Credentials, Etch};
 use crate::kv::KvService;
 use crate::lease::LeaseService;
 use crate::pb::etcdserverpb as pb;
@@ -37,8 +37,10 @@ const SESSION_TTL: i64 = 60;
 #[derive(Debug, Clone)]
 struct Client {
     etch: Arc<Etch>,
-    /// The caller, whose permissions the calls inside are checked against.
-    who: AuthInfo,
+    /// The caller, whose permissions the calls inside are checked against; resolved for
+    /// each call (a token stands for the auth revision current at the call, as etcd's
+    /// in-process client passes the caller's token on).
+    creds: Credentials,
 }
 
 fn prefix_end(key: &[u8]) -> Vec<u8> {
@@ -107,31 +109,48 @@ fn passed_on(s: Status) -> Status {
 
 impl Client {
     async fn of<T>(etch: &Arc<Etch>, request: &Request<T>) -> Result<Client, Status> {
+        let creds = etch.credentials(request);
+        // A bad token fails the call at once.
+        etch.resolve(&creds).await?;
         Ok(Client {
             etch: etch.clone(),
-            who: etch.who(request).await?,
+            creds,
         })
     }
 
     /// A request of the calls inside, as the caller.
-    fn req<T>(&self, msg: T) -> Request<T> {
+    async fn req<T>(&self, msg: T) -> Result<Request<T>, Status> {
+        let who: AuthInfo = self
+            .etch
+            .resolve(&self.creds)
+            .await
+            .map_err(Status::from)
+            .map_err(passed_on)?;
         let mut r = Request::new(msg);
-        r.extensions_mut().insert(self.who.clone());
-        r
+        r.extensions_mut().insert(who);
+        Ok(r)
     }
 
     async fn txn(&self, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
         let kv = KvService {
             etch: self.etch.clone(),
         };
-        Ok(kv.txn(self.req(t)).await.map_err(passed_on)?.into_inner())
+        Ok(kv
+            .txn(self.req(t).await?)
+            .await
+            .map_err(passed_on)?
+            .into_inner())
     }
 
     async fn range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
         let kv = KvService {
             etch: self.etch.clone(),
         };
-        Ok(kv.range(self.req(r)).await.map_err(passed_on)?.into_inner())
+        Ok(kv
+            .range(self.req(r).await?)
+            .await
+            .map_err(passed_on)?
+            .into_inner())
     }
 
     async fn delete(&self, key: &[u8]) -> Result<pb::DeleteRangeResponse, Status> {
@@ -143,7 +162,7 @@ impl Client {
             ..Default::default()
         };
         Ok(kv
-            .delete_range(self.req(r))
+            .delete_range(self.req(r).await?)
             .await
             .map_err(passed_on)?
             .into_inner())
@@ -158,10 +177,13 @@ impl Client {
             etch: self.etch.clone(),
         };
         let r = ls
-            .lease_grant(self.req(pb::LeaseGrantRequest {
-                ttl: SESSION_TTL,
-                id: 0,
-            }))
+            .lease_grant(
+                self.req(pb::LeaseGrantRequest {
+                    ttl: SESSION_TTL,
+                    id: 0,
+                })
+                .await?,
+            )
             .await
             .map_err(passed_on)?;
         Ok(r.into_inner().id)

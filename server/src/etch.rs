@@ -269,6 +269,7 @@ impl Etch {
 
     async fn token_info(&self, token: &str) -> Option<AuthInfo> {
         match self.auth.tokens.index_of(token) {
+            Some(_) if self.auth.tokens.known(token) => {}
             // A simple token is known once its Authenticate entry is applied here.
             Some(index) => {
                 let mut applied = self.node.applied();

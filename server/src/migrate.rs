@@ -190,7 +190,10 @@ fn as_request(
         Request::AuthDisable(a)
     } else if let Some(mut a) = req.auth_user_add {
         // etcd before 3.5 logged the password and hashed it at apply.
-        if a.hashed_password.is_empty() && !a.options.is_some_and(|o| o.no_password) {
+        if a.hashed_password.is_empty()
+            && !a.password.is_empty()
+            && !a.options.is_some_and(|o| o.no_password)
+        {
             a.hashed_password = hash_password(&std::mem::take(&mut a.password))?;
         }
         Request::UserAdd(a)
@@ -247,7 +250,7 @@ fn apply_wal(store: &Store, entries: &[wpb::Entry]) -> Result<u64, String> {
             };
             applied += 1;
             if let Some(w) = &who
-                && auth.request_permitted(&tx, w, &req).is_err()
+                && auth.request_permitted_as_etcd_3_6(&tx, w, &req).is_err()
             {
                 // etcd refused it too.
                 continue;

@@ -234,35 +234,33 @@ impl StreamTask {
     /// etcd's check: read permission on the key and range end as its watch store takes
     /// them (an empty key is "\0"; a range end of "\0", every key above, is checked as
     /// the single key).
-    async fn watch_permitted(&self, c: &pb::WatchCreateRequest) -> bool {
-        if !self.etch.auth.enabled() {
-            return true;
-        }
-        let Ok(who) = self.etch.resolve(&self.creds).await else {
-            return false;
-        };
+    async fn watch_permitted(&self, c: &pb::WatchCreateRequest) -> Result<(), EtcdError> {
+        let who = self.etch.resolve(&self.creds).await?;
         let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
         let end: &[u8] = if c.range_end == [0] {
             &[]
         } else {
             &c.range_end
         };
-        self.etch.auth.range_permitted(&who, key, end).is_ok()
+        self.etch.auth.range_permitted(&who, key, end)
     }
 
     async fn create(&mut self, c: pb::WatchCreateRequest) -> Result<(), End> {
-        if !self.watch_permitted(&c).await {
+        if let Err(e) = self.watch_permitted(&c).await {
+            // etcd 3.6: no watch id, and the reason in grpc-go's rendering of the status.
+            let e = match e {
+                EtcdError::InvalidAuthToken | EtcdError::AuthOldRevision | EtcdError::UserEmpty => {
+                    e
+                }
+                _ => EtcdError::PermissionDenied,
+            };
             return self
                 .send(pb::WatchResponse {
                     header: Some(self.etch.header(self.etch.store.current_revision())),
-                    watch_id: c.watch_id,
+                    watch_id: -1,
                     created: true,
                     canceled: true,
-                    // grpc-go's rendering of the status, as etcd sends it.
-                    cancel_reason: format!(
-                        "rpc error: code = PermissionDenied desc = {}",
-                        EtcdError::PermissionDenied
-                    ),
+                    cancel_reason: format!("rpc error: code = {:?} desc = {e}", e.code()),
                     ..Default::default()
                 })
                 .await;

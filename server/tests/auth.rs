@@ -10,7 +10,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, GetOptions, LockOptions, Permission, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use tonic::Code;
 
 const DENIED: &str = "etcdserver: permission denied";
@@ -180,6 +182,30 @@ async fn users_roles_and_permissions(ep: String, who: &str) {
         .expect("{who}: lock under app/");
     alice.unlock(held.key().to_vec()).await.expect("unlock");
     assert_status(alice.lock("elsewhere", None).await, Code::Unknown, DENIED);
+
+    // A lock waiter goes on waiting, and gets the lock, across an auth change.
+    let l1 = alice.lease_grant(30, None).await.expect("grant").id();
+    let held = alice
+        .lock("app/mu", Some(LockOptions::new().with_lease(l1)))
+        .await
+        .expect("lock");
+    let mut alice_waits = alice.clone();
+    let waiter = tokio::spawn(async move {
+        alice_waits
+            .lock("app/mu", None)
+            .await
+            .map(|r| r.key().to_vec())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    root.user_add("dave", "davepw", None)
+        .await
+        .expect("an auth change");
+    alice.unlock(held.key().to_vec()).await.expect("unlock");
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("{who}: the waiter gets the lock after the auth change")
+        .expect("task");
+    alice.unlock(got.expect("lock")).await.expect("unlock");
 
     // root's limits while enabled.
     assert_status(
@@ -395,6 +421,44 @@ async fn bad_passwords_queue_behind_bcrypt() {
                 "a wrong password never authenticates"
             );
         }
+    })
+    .await;
+}
+
+/// What etcd 3.6 does otherwise than 3.5.1: permission ranges are validated, root's role
+/// shows its implicit grant, and a refused watch has no id and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_6_auth_answers() {
+    let f = start_etch(&["--bcrypt-cost=4"]);
+    let ep = f.etch.endpoint();
+    bounded("etch", async {
+        let mut c = client(&ep).await;
+        for (key, end) in [("", ""), ("b", "a"), ("b", "b")] {
+            assert_status(
+                c.role_grant_permission("nosuch", Permission::read(key).with_range_end(end))
+                    .await,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            );
+        }
+        auth_set_up(&mut c).await;
+        let mut root = connect_as(&ep, "root", "rootpw").await.expect("root");
+        let perms = root.role_get("root").await.expect("role get root");
+        let ps = perms.permissions();
+        let p = &ps[0];
+        assert_eq!(
+            (ps.len(), p.key(), p.range_end()),
+            (1, &b""[..], &b"\0"[..])
+        );
+        let mut nobody = Client::connect([&ep], None).await.expect("connect");
+        let mut ws = nobody.watch("app/x", None).await.expect("watch stream");
+        let r = ws.message().await.expect("stream").expect("message");
+        assert!(r.canceled(), "{r:?}");
+        assert_eq!(r.watch_id(), -1);
+        assert_eq!(
+            r.cancel_reason(),
+            "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
+        );
     })
     .await;
 }

@@ -5,7 +5,9 @@
 # - openssl: the TLS test makes its certificates with it;
 # - etcd 3.4.23 and its etcdctl (Debian's etcd-server, etcd-client): the older reference for
 #   backups, unpacked (not installed, so no service starts) into $ETCH_ETCD34_DIR
-#   (default ~/.cache/etch/etcd-3.4.23).
+#   (default ~/.cache/etch/etcd-3.4.23);
+# - python-etcd3 0.12.0 (PyPI sdist, with its own test suite) in a virtualenv under
+#   $ETCH_PY_ETCD3_DIR (default ~/.cache/etch/python-etcd3), for tests/client_suites.rs.
 set -euo pipefail
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -30,4 +32,15 @@ if [ ! -x "$etcd34/usr/bin/etcd" ] || [ ! -x "$etcd34/usr/bin/etcdctl" ]; then
   mkdir -p "$etcd34"
   for deb in "$debs"/*.deb; do dpkg -x "$deb" "$etcd34"; done
   rm -rf "$debs"
+fi
+py=${ETCH_PY_ETCD3_DIR:-$HOME/.cache/etch/python-etcd3}
+if [ ! -f "$py/etcd3-0.12.0/tests/test_etcd3.py" ] || [ ! -x "$py/venv/bin/python" ]; then
+  rm -rf "$py"
+  mkdir -p "$py"
+  python3 -m venv "$py/venv"
+  "$py/venv/bin/pip" install --quiet --disable-pip-version-check \
+    grpcio==1.85.3 protobuf==7.36.2 tenacity==9.2.1 pytest==9.2.0 mock==5.2.0 \
+    six==1.17.0 hypothesis==6.170.17
+  (cd "$py" && "$py/venv/bin/pip" download --quiet --disable-pip-version-check \
+    --no-deps --no-binary :all: etcd3==0.12.0 && tar xzf etcd3-0.12.0.tar.gz)
 fi

@@ -29,7 +29,8 @@ const OID: u8 = 0x06;
 /// id-at-commonName, 2.5.4.3.
 const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
 
-/// The first common name in the certificate's subject.
+/// The certificate subject's common name: the last one, if there are several (as Go's
+/// crypto/x509 reads it).
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (SEQUENCE, cert, _) = element(der)? else {
         return None;
@@ -49,6 +50,7 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     let (SEQUENCE, mut subject, _) = element(rest)? else {
         return None;
     };
+    let mut name = None;
     while !subject.is_empty() {
         let (SET, mut rdn, after) = element(subject)? else {
             return None;
@@ -66,11 +68,11 @@ pub fn common_name(der: &[u8]) -> Option<String> {
                 // UTF8String, PrintableString, IA5String, T61String, BMPString…: the
                 // first three are what certificates use; others are taken as bytes.
                 let (_, v, _) = element(value)?;
-                return String::from_utf8(v.to_vec()).ok();
+                name = Some(String::from_utf8(v.to_vec()).ok()?);
             }
         }
     }
-    None
+    name
 }
 
 #[cfg(test)]

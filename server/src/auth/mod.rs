@@ -73,7 +73,7 @@ pub struct AuthStore {
     pub bcrypt_cost: u32,
     /// bcrypt runs on the blocking pool, this many at a time: a flood of bad passwords
     /// queues behind it instead of taking every core.
-    pub bcrypt_slots: tokio::sync::Semaphore,
+    pub bcrypt_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// What an applied auth change answers.
@@ -131,9 +131,9 @@ impl AuthStore {
             state: RwLock::new(st),
             tokens,
             bcrypt_cost,
-            bcrypt_slots: tokio::sync::Semaphore::new(
+            bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            )),
         })
     }
 
@@ -269,6 +269,19 @@ impl AuthStore {
         t: &pb::TxnRequest,
         lease_keys: &dyn Fn(i64) -> Result<Vec<Vec<u8>>, EtcdError>,
     ) -> Result<(), EtcdError> {
+        self.txn_permitted_as(ai, t, lease_keys, false)
+    }
+
+    /// `etcd_3_6`: the rules etcd 3.5 and 3.6 applied (a put in a txn needs only write
+    /// permission on its key; nested txns are not looked into), for replaying their
+    /// WALs as they were applied.
+    fn txn_permitted_as(
+        &self,
+        ai: &AuthInfo,
+        t: &pb::TxnRequest,
+        lease_keys: &dyn Fn(i64) -> Result<Vec<Vec<u8>>, EtcdError>,
+        etcd_3_6: bool,
+    ) -> Result<(), EtcdError> {
         use pb::request_op::Request as R;
         if !self.enabled() {
             return Ok(());
@@ -279,6 +292,7 @@ impl AuthStore {
         for op in t.success.iter().chain(&t.failure) {
             match &op.request {
                 Some(R::RequestRange(r)) => self.range_permitted(ai, &r.key, &r.range_end)?,
+                Some(R::RequestPut(p)) if etcd_3_6 => self.write_permitted(ai, &p.key, &[])?,
                 Some(R::RequestPut(p)) => self.put_permitted(ai, p, lease_keys)?,
                 Some(R::RequestDeleteRange(d)) => {
                     if d.prev_kv {
@@ -286,7 +300,8 @@ impl AuthStore {
                     }
                     self.write_permitted(ai, &d.key, &d.range_end)?;
                 }
-                Some(R::RequestTxn(n)) => self.txn_permitted(ai, n, lease_keys)?,
+                Some(R::RequestTxn(_)) if etcd_3_6 => {}
+                Some(R::RequestTxn(n)) => self.txn_permitted_as(ai, n, lease_keys, false)?,
                 None => {}
             }
         }
@@ -302,6 +317,26 @@ impl AuthStore {
         who: &AuthInfo,
         r: &Request,
     ) -> Result<(), EtcdError> {
+        self.request_permitted_as(tx, who, r, false)
+    }
+
+    /// The checks etcd 3.5 and 3.6 made at apply: for an etcd WAL's entries.
+    pub fn request_permitted_as_etcd_3_6(
+        &self,
+        tx: &MvccTxn<'_>,
+        who: &AuthInfo,
+        r: &Request,
+    ) -> Result<(), EtcdError> {
+        self.request_permitted_as(tx, who, r, true)
+    }
+
+    fn request_permitted_as(
+        &self,
+        tx: &MvccTxn<'_>,
+        who: &AuthInfo,
+        r: &Request,
+        etcd_3_6: bool,
+    ) -> Result<(), EtcdError> {
         if !self.enabled() {
             return Ok(());
         }
@@ -309,7 +344,7 @@ impl AuthStore {
         match r {
             Request::Put(p) => self.put_permitted(who, p, &lease_keys),
             Request::DeleteRange(d) => self.delete_permitted(who, d),
-            Request::Txn(t) => self.txn_permitted(who, t, &lease_keys),
+            Request::Txn(t) => self.txn_permitted_as(who, t, &lease_keys, etcd_3_6),
             Request::LeaseRevoke(l) => self.lease_keys_permitted(who, &lease_keys(l.id)?),
             _ => Ok(()),
         }
@@ -350,11 +385,17 @@ impl AuthStore {
         {
             return Err(e);
         }
-        self.read_state()
-            .roles
-            .get(role)
-            .map(|r| r.key_permission.clone())
-            .ok_or(EtcdError::RoleNotFound)
+        let st = self.read_state();
+        let r = st.roles.get(role).ok_or(EtcdError::RoleNotFound)?;
+        if role == ROOT {
+            // etcd 3.6 shows root's implicit grant: everything, read and write.
+            return Ok(vec![authpb::Permission {
+                perm_type: authpb::permission::Type::Readwrite as i32,
+                key: Vec::new(),
+                range_end: vec![0],
+            }]);
+        }
+        Ok(r.key_permission.clone())
     }
 
     pub fn role_list(&self, ai: &AuthInfo) -> Result<Vec<String>, EtcdError> {
@@ -580,6 +621,12 @@ impl AuthStore {
                 let Some(p) = &r.perm else {
                     return Ok(Err(E::PermissionNotGiven));
                 };
+                // etcd 3.6: a key, and a range end after it (or none, or "\0").
+                let valid = !p.key.is_empty()
+                    && (p.range_end.is_empty() || p.key < p.range_end || p.range_end == [0]);
+                if !valid {
+                    return Ok(Err(E::InvalidAuthMgmt));
+                }
                 let Some(role) = st.roles.get_mut(&r.name) else {
                     return Ok(Err(E::RoleNotFound));
                 };

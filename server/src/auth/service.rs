@@ -44,16 +44,23 @@ impl AuthService {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, EtcdError> {
-        let _slot = self
+        // The permit goes with the work: a caller that gives up does not free a slot
+        // while its hash still runs.
+        let slot = self
             .etch
             .auth
             .bcrypt_slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| EtcdError::Stopped)?;
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| EtcdError::Internal(format!("etch: bcrypt task: {e}")))
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(slot);
+            out
+        })
+        .await
+        .map_err(|e| EtcdError::Internal(format!("etch: bcrypt task: {e}")))
     }
 
     /// A password as etcd stores it: bcrypt ($2a$, at `--bcrypt-cost`), base64.
@@ -174,6 +181,8 @@ impl Auth for AuthService {
         r: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
         let who = self.etch.who(&r).await?;
+        // Refused at apply anyway; checked first so that only root makes the server hash.
+        self.etch.auth.admin_permitted(&who)?;
         let mut r = r.into_inner();
         if r.options.is_none_or(|o| !o.no_password) {
             r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
@@ -220,6 +229,7 @@ impl Auth for AuthService {
         r: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
         let who = self.etch.who(&r).await?;
+        self.etch.auth.admin_permitted(&who)?;
         let mut r = r.into_inner();
         if !r.password.is_empty() {
             r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;

@@ -72,7 +72,8 @@ impl Tokens {
         }
         match kind {
             "simple" => Ok(Tokens::Simple(Simple {
-                ttl: Duration::from_secs(ttl_secs),
+                // etcd takes 0 as its default.
+                ttl: Duration::from_secs(if ttl_secs == 0 { 300 } else { ttl_secs }),
                 state: Mutex::new(SimpleState {
                     tokens: HashMap::new(),
                     swept: Instant::now(),
@@ -123,6 +124,14 @@ impl Tokens {
 
     pub fn is_simple(&self) -> bool {
         matches!(self, Tokens::Simple(_))
+    }
+
+    /// A simple token this member has already recorded.
+    pub fn known(&self, token: &str) -> bool {
+        match self {
+            Tokens::Simple(s) => s.lock().tokens.contains_key(token),
+            Tokens::Jwt(_) => false,
+        }
     }
 
     /// The Raft index a simple token was assigned at: a member must have applied it
@@ -314,7 +323,7 @@ mod tests {
         assert!(t.info(&tok, 7).is_none());
         let t0 = Tokens::from_flags("simple", 0).unwrap();
         let tok = t0.assign("bob", 1, "abc", 1).unwrap();
-        assert!(t0.info(&tok, 1).is_none(), "a zero TTL expires at once");
+        assert!(t0.info(&tok, 1).is_some(), "a zero TTL is etcd's default");
     }
 
     #[test]
