@@ -699,8 +699,14 @@ fn build_from_etcd(
 fn import_auth(r: &Reader, tx: &mut etch_engine::mvcc::MvccTxn<'_>) -> Result<(), String> {
     let m = |e: etch_engine::mvcc::Error| e.to_string();
     if let Some(b) = r.bucket(AUTH).map_err(|e| e.to_string())? {
-        for key in [auth::ENABLED_KEY, auth::REVISION_KEY] {
+        for (key, len) in [(auth::ENABLED_KEY, 1), (auth::REVISION_KEY, 8)] {
             if let Some(v) = bucket_value(r, &b, key)? {
+                if v.len() != len {
+                    return Err(format!(
+                        "auth bucket: a damaged {} record",
+                        String::from_utf8_lossy(key)
+                    ));
+                }
                 tx.meta_put(auth::AUTH_TREE, key, &v).map_err(m)?;
             }
         }

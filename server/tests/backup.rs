@@ -506,6 +506,25 @@ async fn bad_snapshots_are_refused_and_leave_nothing_behind() {
         let (ok, out) = etch_restore(&other, &dir.path().join("other"), &[]);
         assert!(!ok && out.contains("no \"key\" bucket"), "{out}");
         assert!(!dir.path().join("other").exists());
+        // An etcd database whose auth revision is damaged.
+        let bad_auth = dir.path().join("bad-auth.db");
+        {
+            let mut w = etch_engine::bolt::Writer::create(&bad_auth).expect("create");
+            let mut b = w.bucket(b"auth").expect("bucket");
+            b.put(b"authEnabled", &[1]).expect("put");
+            b.put(b"authRevision", &[0, 0, 7]).expect("put");
+            b.finish().expect("finish");
+            w.bucket(b"key").expect("bucket").finish().expect("finish");
+            w.finish().expect("finish");
+            use sha2::Digest as _;
+            let mut bytes = std::fs::read(&bad_auth).expect("read");
+            let sum = sha2::Sha256::digest(&bytes);
+            bytes.extend_from_slice(&sum);
+            std::fs::write(&bad_auth, &bytes).expect("write");
+        }
+        let (ok, out) = etch_restore(&bad_auth, &dir.path().join("bad-auth"), &[]);
+        assert!(!ok && out.contains("damaged authRevision"), "{out}");
+        assert!(!dir.path().join("bad-auth").exists());
         // An existing data dir is never overwritten.
         let existing = dir.path().join("existing");
         std::fs::create_dir(&existing).expect("mkdir");
