@@ -223,15 +223,16 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let who = self.etch.who(&request).await?;
         let r = request.into_inner();
+        let checked = r.keys && self.etch.auth.enabled();
+        if checked && who.revision == 0 {
+            return Err(EtcdError::UserEmpty.into());
+        }
         let out = self.time_to_live(&r).await?;
-        if r.keys && self.etch.auth.enabled() {
+        if checked {
             // etcd 3.6: listing a lease's keys needs read permission on each, and
             // credentials still current after the answer.
             for k in &out.keys {
                 self.etch.auth.range_permitted(&who, k, &[])?;
-            }
-            if who.revision == 0 {
-                return Err(EtcdError::UserEmpty.into());
             }
             self.etch.still_current(&who)?;
         }

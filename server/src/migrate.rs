@@ -222,13 +222,9 @@ fn as_request(
     Ok(Some((r, who)))
 }
 
-/// bcrypt at etcd's default cost, base64, as etcd stores a password.
+/// A password as etcd stores it, at etcd's default bcrypt cost.
 fn hash_password(p: &str) -> Result<String, String> {
-    use base64::Engine as _;
-    let h = bcrypt::hash_with_result(p, 10)
-        .map_err(|e| format!("bcrypt: {e}"))?
-        .format_for_version(bcrypt::Version::TwoA);
-    Ok(base64::engine::general_purpose::STANDARD.encode(h))
+    crate::auth::hash_password(p, 10)
 }
 
 /// Applies etcd's entries (index order) to `store`, as etcd applied them, with etcd's

@@ -306,6 +306,27 @@ impl Drop for EtcdOn {
     }
 }
 
+/// A bbolt file of these buckets (names and entries in order), with the SHA-256 trailer
+/// of a snapshot.
+type Bucket<'a> = (&'a [u8], &'a [(&'a [u8], &'a [u8])]);
+
+fn bolt_snapshot(path: &Path, buckets: &[Bucket<'_>]) {
+    let mut w = etch_engine::bolt::Writer::create(path).expect("create");
+    for (name, entries) in buckets {
+        let mut b = w.bucket(name).expect("bucket");
+        for (k, v) in *entries {
+            b.put(k, v).expect("put");
+        }
+        b.finish().expect("finish");
+    }
+    w.finish().expect("finish");
+    use sha2::Digest as _;
+    let mut bytes = std::fs::read(path).expect("read");
+    let sum = sha2::Sha256::digest(&bytes);
+    bytes.extend_from_slice(&sum);
+    std::fs::write(path, &bytes).expect("write");
+}
+
 fn etch_restore(file: &Path, dir: &Path, extra: &[&str]) -> (bool, String) {
     let (ok, out, err) = run(Command::new(env!("CARGO_BIN_EXE_etch"))
         .args(["snapshot", "restore"])
@@ -491,37 +512,22 @@ async fn bad_snapshots_are_refused_and_leave_nothing_behind() {
         }
         // A bbolt file that is not an etcd database (no `key` bucket), trailer and all.
         let other = dir.path().join("other.db");
-        {
-            let mut w = etch_engine::bolt::Writer::create(&other).expect("create");
-            let mut b = w.bucket(b"things").expect("bucket");
-            b.put(b"a", b"1").expect("put");
-            b.finish().expect("finish");
-            w.finish().expect("finish");
-            use sha2::Digest as _;
-            let mut bytes = std::fs::read(&other).expect("read");
-            let sum = sha2::Sha256::digest(&bytes);
-            bytes.extend_from_slice(&sum);
-            std::fs::write(&other, &bytes).expect("write");
-        }
+        bolt_snapshot(&other, &[(b"things", &[(b"a", b"1")])]);
         let (ok, out) = etch_restore(&other, &dir.path().join("other"), &[]);
         assert!(!ok && out.contains("no \"key\" bucket"), "{out}");
         assert!(!dir.path().join("other").exists());
         // An etcd database whose auth revision is damaged.
         let bad_auth = dir.path().join("bad-auth.db");
-        {
-            let mut w = etch_engine::bolt::Writer::create(&bad_auth).expect("create");
-            let mut b = w.bucket(b"auth").expect("bucket");
-            b.put(b"authEnabled", &[1]).expect("put");
-            b.put(b"authRevision", &[0, 0, 7]).expect("put");
-            b.finish().expect("finish");
-            w.bucket(b"key").expect("bucket").finish().expect("finish");
-            w.finish().expect("finish");
-            use sha2::Digest as _;
-            let mut bytes = std::fs::read(&bad_auth).expect("read");
-            let sum = sha2::Sha256::digest(&bytes);
-            bytes.extend_from_slice(&sum);
-            std::fs::write(&bad_auth, &bytes).expect("write");
-        }
+        bolt_snapshot(
+            &bad_auth,
+            &[
+                (
+                    b"auth",
+                    &[(b"authEnabled", &[1]), (b"authRevision", &[0, 0, 7])],
+                ),
+                (b"key", &[]),
+            ],
+        );
         let (ok, out) = etch_restore(&bad_auth, &dir.path().join("bad-auth"), &[]);
         assert!(!ok && out.contains("damaged authRevision"), "{out}");
         assert!(!dir.path().join("bad-auth").exists());

@@ -92,6 +92,29 @@ fn make_certs(dir: &Path) {
     }
 }
 
+/// etch on https://127.0.0.1:`port` with `make_certs`' server certificate, requiring
+/// client certificates signed by its CA.
+fn start_with_client_certs(dir: &Path, port: u16, extra: &[&str]) -> common::Etch {
+    let file = |f: &str| dir.join(f).to_str().expect("utf-8").to_string();
+    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let mut flags = vec![
+        "--cert-file",
+        &cert,
+        "--key-file",
+        &key,
+        "--trusted-ca-file",
+        &ca,
+        "--client-cert-auth",
+    ];
+    flags.extend_from_slice(extra);
+    common::Etch::start_at(
+        &dir.join("data"),
+        port,
+        &format!("https://127.0.0.1:{port}"),
+        &flags,
+    )
+}
+
 fn etcdctl(dir: &Path, endpoint: &str, with_cert: bool, args: &[&str]) -> (bool, String) {
     let mut c = Command::new(etcd_bin_dir().join("etcdctl"));
     c.current_dir(dir)
@@ -137,25 +160,7 @@ fn https_with_client_certificates() {
     let metrics_port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let metrics_url = format!("http://127.0.0.1:{metrics_port}");
-    let cert = dir.join("server.crt");
-    let key = dir.join("server.key");
-    let ca = dir.join("ca.crt");
-    let mut etch = common::Etch::start_at(
-        &dir.join("data"),
-        port,
-        &url,
-        &[
-            "--cert-file",
-            cert.to_str().expect("utf-8"),
-            "--key-file",
-            key.to_str().expect("utf-8"),
-            "--trusted-ca-file",
-            ca.to_str().expect("utf-8"),
-            "--client-cert-auth",
-            "--listen-metrics-urls",
-            &metrics_url,
-        ],
-    );
+    let mut etch = start_with_client_certs(dir, port, &["--listen-metrics-urls", &metrics_url]);
     let (ok, out) = etcdctl(dir, &url, true, &["put", "k", "over-tls"]);
     assert!(ok, "{out}");
     let (ok, out) = etcdctl(dir, &url, true, &["get", "k", "--print-value-only"]);
@@ -206,26 +211,7 @@ fn the_certificates_common_name_is_the_user() {
     make_certs(dir);
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
-    let (cert, key, ca) = (
-        dir.join("server.crt"),
-        dir.join("server.key"),
-        dir.join("ca.crt"),
-    );
-    let mut etch = common::Etch::start_at(
-        &dir.join("data"),
-        port,
-        &url,
-        &[
-            "--cert-file",
-            cert.to_str().expect("utf-8"),
-            "--key-file",
-            key.to_str().expect("utf-8"),
-            "--trusted-ca-file",
-            ca.to_str().expect("utf-8"),
-            "--client-cert-auth",
-            "--bcrypt-cost=4",
-        ],
-    );
+    let mut etch = start_with_client_certs(dir, port, &["--bcrypt-cost=4"]);
     for step in [
         &["user", "add", "root", "--new-user-password=rootpw"][..],
         &["role", "add", "root"],

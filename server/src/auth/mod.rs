@@ -76,6 +76,15 @@ pub struct AuthStore {
     pub bcrypt_slots: Arc<tokio::sync::Semaphore>,
 }
 
+/// A password as etcd stores it: bcrypt (`$2a$`, as Go writes it) at `cost`, base64.
+/// Slow by design: callers run it off the async threads.
+pub fn hash_password(password: &str, cost: u32) -> Result<String, String> {
+    let h = bcrypt::hash_with_result(password, cost)
+        .map_err(|e| format!("etch: bcrypt: {e}"))?
+        .format_for_version(bcrypt::Version::TwoA);
+    Ok(base64::engine::general_purpose::STANDARD.encode(h))
+}
+
 /// What an applied auth change answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {

@@ -63,16 +63,12 @@ impl AuthService {
         .map_err(|e| EtcdError::Internal(format!("etch: bcrypt task: {e}")))
     }
 
-    /// A password as etcd stores it: bcrypt ($2a$, at `--bcrypt-cost`), base64.
+    /// A password as etcd stores it, at `--bcrypt-cost`.
     async fn hash(&self, password: String) -> Result<String, EtcdError> {
         let cost = self.etch.auth.bcrypt_cost;
-        let hashed = self
-            .bcrypt(move || bcrypt::hash_with_result(password, cost))
+        self.bcrypt(move || super::hash_password(&password, cost))
             .await?
-            .map_err(|e| EtcdError::Internal(format!("etch: bcrypt: {e}")))?
-            .format_for_version(bcrypt::Version::TwoA);
-        use base64::Engine as _;
-        Ok(base64::engine::general_purpose::STANDARD.encode(hashed))
+            .map_err(EtcdError::Internal)
     }
 
     /// Linearizable, then `who` from the request.
@@ -180,9 +176,8 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
-        let who = self.etch.who(&r).await?;
         // Refused at apply anyway; checked first so that only root makes the server hash.
-        self.etch.auth.admin_permitted(&who)?;
+        let who = self.etch.admin(&r).await?;
         let mut r = r.into_inner();
         if r.options.is_none_or(|o| !o.no_password) {
             r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
@@ -228,8 +223,7 @@ impl Auth for AuthService {
         &self,
         r: Request<pb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<pb::AuthUserChangePasswordResponse>, Status> {
-        let who = self.etch.who(&r).await?;
-        self.etch.auth.admin_permitted(&who)?;
+        let who = self.etch.admin(&r).await?;
         let mut r = r.into_inner();
         if !r.password.is_empty() {
             r.hashed_password = self.hash(std::mem::take(&mut r.password)).await?;
