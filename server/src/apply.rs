@@ -241,12 +241,14 @@ impl StateMachine for Apply {
             applied
         };
         let _ = std::fs::remove_file(&path);
-        // Durable before raft counts the snapshot as persisted.
-        self.store.checkpoint().map_err(fatal)?;
+        // Readers see the new data from the swap on, so the mirrors of leases, alarms and
+        // auth follow it at once, not after the (slow) sync below.
         self.lessor.reload(&self.store, self.lease_extend)?;
         self.alarms.reload(&self.store)?;
         self.auth.reload(&self.store)?;
         self.revision_tx.send_replace(self.store.current_revision());
+        // Durable before raft counts the snapshot as persisted.
+        self.store.checkpoint().map_err(fatal)?;
         self.compactor.kick();
         self.metrics
             .snapshot_installs
