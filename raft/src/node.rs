@@ -590,12 +590,12 @@ fn run_applier<S: StateMachine>(
                         Err(_) => break,
                     }
                 }
-                apply_batches(&mut sm, batches, &applied_tx).err()
+                apply_batches(&mut sm, batches, &applied_tx, &shared).err()
             }
         };
         if let Some(why) = failed {
             tracing::error!("{why}");
-            *crate_lock(&shared.fatal) = Some(why.clone());
+            crate_lock(&shared.fatal).get_or_insert_with(|| why.clone());
             // Nothing more may apply: later entries depend on this one. Proposers of
             // entries already on their way here fail too; the node loop sees the fatal
             // error and ends, which ends this drain.
@@ -612,11 +612,13 @@ fn run_applier<S: StateMachine>(
 }
 
 /// Applies batches as one state-machine transaction and answers their proposers. On an
-/// error, the proposers of these batches have been failed and the error is returned.
+/// error, the node's fatal error is set, then the proposers of these batches are failed
+/// (so one who hears of it finds `Node::fatal` set) and the error is returned.
 fn apply_batches<S: StateMachine>(
     sm: &mut S,
     mut batches: Vec<ApplyBatchOut<S::Output>>,
     applied_tx: &watch::Sender<u64>,
+    shared: &Shared,
 ) -> std::result::Result<(), String> {
     let last = batches
         .last()
@@ -670,6 +672,7 @@ fn apply_batches<S: StateMachine>(
         }
         Err(why) => {
             let why = format!("applying entries up to {}: {why}", applied.index);
+            crate_lock(&shared.fatal).get_or_insert_with(|| why.clone());
             for (_, tx) in waiters {
                 let _ = tx.send(Err(Error::Fatal(why.clone())));
             }
