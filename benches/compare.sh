@@ -114,6 +114,9 @@ rss_split() {
     "/proc/$PID/status"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
+# Bytes the server sent (or dirtied for) the storage layer: a page dirtied again before it
+# is written back counts once.
+io_write_bytes() { awk '/^write_bytes:/ {print $2}' "/proc/$PID/io"; }
 disk_kib() { du -sk "$DIR" | cut -f1; }
 json_num() { python3 -c 'import json,sys;print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
@@ -139,15 +142,17 @@ pair() {
     local dir=$OUT/data/$name-$kind-$round log=$OUT/logs/$name-$kind-$round.log
     echo "== $name ($kind, round $round)" >&2
     start "$kind" "$dir" "$log"
-    local cpu0 cpu1 res
+    local cpu0 cpu1 io0 io1 res
     cpu0=$(cpu_ticks)
+    io0=$(io_write_bytes)
     res=$("$BENCH" "$@" --endpoints "$EP") || res='{"error":"etch-bench failed"}'
     cpu1=$(cpu_ticks)
+    io1=$(io_write_bytes)
     curl -s "$EP/metrics" >"$OUT/metrics/$name-$kind-$round.txt" || true
     local extra
-    extra=$(printf '"server_cpu_s":%s,"rss_kib":%s,"disk_kib":%s,"metrics":"%s",' \
+    extra=$(printf '"server_cpu_s":%s,"write_bytes":%s,"rss_kib":%s,"disk_kib":%s,"metrics":"%s",' \
       "$(awk -v a="$cpu0" -v b="$cpu1" -v t="$CLK_TCK" 'BEGIN{print (b-a)/t}')" \
-      "$(rss_kib)" "$(disk_kib)" "$OUT/metrics/$name-$kind-$round.txt")
+      "$((io1 - io0))" "$(rss_kib)" "$(disk_kib)" "$OUT/metrics/$name-$kind-$round.txt")
     record "$name" "$round" "$extra" "$res"
     echo "   $res" >&2
     stop

@@ -75,6 +75,11 @@ def main(path):
     def cpu_us_per_op(r):
         return r["server_cpu_s"] / r["result"]["ops"] * 1e6
 
+    def kb_written_per_op(r):
+        if "write_bytes" not in r:
+            return None
+        return r["write_bytes"] / r["result"]["ops"] / 1000
+
     print("| workload | better | etcd 3.5.1 | etch | etch/etcd |")
     print("|---|---|---:|---:|---:|")
     for name, label in [("put-1", "put, 1 client"), ("put-16", "put, 16 clients"),
@@ -86,6 +91,8 @@ def main(path):
         row(f"{label}: puts per WAL fsync", "higher", name, fsync_per_op, "{:.1f}")
         row(f"{label}: mean WAL fsync ms", "lower", name, fsync_mean_ms, ms)
         row(f"{label}: server CPU µs per put", "lower", name, cpu_us_per_op, "{:.0f}")
+        row(f"{label}: KB written per put (/proc/PID/io)", "lower", name, kb_written_per_op,
+            "{:.2f}")
     if floor:
         f0 = statistics.median(floor)
         row("put, 1 client: p50 / fdatasync p50", "lower", "put-1",

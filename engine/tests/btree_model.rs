@@ -1,12 +1,14 @@
 //! Model-based tests: random operation sequences on the B+tree checked against
 //! `std::collections::BTreeMap`, with commits, aborts, checkpoints, clean reopens and
-//! simulated power cuts (unsynced writes kept, dropped or torn). `check()` runs after every
-//! reopen. A failing seed is printed; rerun one with `ETCH_SEED=<seed>`.
+//! simulated power cuts (unsynced writes kept, dropped or torn), and readers held across
+//! many commits and checkpoints, which must keep seeing their version while the writer
+//! reuses pages. `check()` runs after every reopen. A failing seed is printed; rerun one
+//! with `ETCH_SEED=<seed>`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use etch_engine::btree::{Db, Fault, Options, SimFile, TreeId};
+use etch_engine::btree::{Db, Fault, Options, ReadTxn, SimFile, TreeId};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -47,6 +49,11 @@ fn gen_value(rng: &mut SmallRng) -> Vec<u8> {
 /// Compares every tree of the latest version with the model.
 fn assert_matches(db: &Db, model: &Model, ctx: &str) {
     let r = db.begin_read().expect("begin_read");
+    assert_version(&r, model, ctx);
+}
+
+/// Compares every tree of a reader's version with the model.
+fn assert_version(r: &ReadTxn, model: &Model, ctx: &str) {
     for name in TREES {
         let want = model.get(name).cloned().unwrap_or_default();
         let got: BTreeMap<Vec<u8>, Vec<u8>> = match r.tree(name).expect("tree") {
@@ -200,9 +207,17 @@ fn run_seed(seed: u64, page_size: usize, steps: usize) {
     let mut durable: Model = BTreeMap::new();
     let mut commits: u64 = 0;
     let mut durable_marker: u64 = 0;
+    // Readers pinned to the version they began on, with what it held.
+    let mut pinned: Vec<(ReadTxn, Model)> = Vec::new();
     for step in 0..steps {
         let ctx = format!("seed {seed} page {page_size} step {step}");
-        match rng.random_range(0..100) {
+        let op = rng.random_range(0..100);
+        if (80..=89).contains(&op) {
+            for (r, m) in pinned.drain(..) {
+                assert_version(&r, &m, &format!("{ctx}: pinned reader before a reopen"));
+            }
+        }
+        match op {
             // A write transaction with a batch of puts and deletes.
             0..=69 => {
                 let db = h.db.as_ref().expect("open");
@@ -271,7 +286,20 @@ fn run_seed(seed: u64, page_size: usize, steps: usize) {
                 assert_eq!(marker, want_marker, "{ctx}: marker after crash");
                 assert_matches(h.db(), &committed, &ctx);
             }
+            90..=94 => {
+                if !pinned.is_empty() && (pinned.len() >= 4 || rng.random_ratio(1, 2)) {
+                    let i = rng.random_range(0..pinned.len());
+                    let (r, m) = pinned.swap_remove(i);
+                    assert_version(&r, &m, &format!("{ctx}: pinned reader"));
+                } else {
+                    let r = h.db().begin_read().expect("begin_read");
+                    pinned.push((r, committed.clone()));
+                }
+            }
             _ => {
+                for (r, m) in &pinned {
+                    assert_version(r, m, &format!("{ctx}: pinned reader"));
+                }
                 assert_matches(h.db(), &committed, &ctx);
                 check_ranges(h.db(), &committed, &mut rng);
                 h.db()
@@ -279,6 +307,9 @@ fn run_seed(seed: u64, page_size: usize, steps: usize) {
                     .unwrap_or_else(|e| panic!("{ctx}: check: {e}"));
             }
         }
+    }
+    for (r, m) in pinned.drain(..) {
+        assert_version(&r, &m, "final pinned reader");
     }
     h.reopen();
     assert_matches(h.db(), &committed, "final");

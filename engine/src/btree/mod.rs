@@ -93,7 +93,8 @@ pub struct Stats {
     /// Pages below the high-water mark (used or free).
     pub high_water_pages: u64,
     pub file_bytes: u64,
-    /// Bytes written by commits and not yet covered by a checkpoint.
+    /// Bytes of the distinct pages written by commits since the last checkpoint took its
+    /// version: what the next checkpoint syncs (a page rewritten counts once).
     pub unsynced_bytes: u64,
     pub readers: usize,
     pub checkpoints: u64,
@@ -108,6 +109,31 @@ struct ReadState {
     readers: BTreeMap<u64, usize>,
 }
 
+/// What the writer keeps from one transaction to the next, under the writer lock: the
+/// pages written since the last checkpoint took its version ("fresh" pages), and the
+/// free-tree entries that list only fresh pages. No version a checkpoint has taken (or is
+/// syncing) contains a fresh page, so a fresh page freed by a commit may be reused before
+/// the next checkpoint, once no reader can see it: the working set of pages stays small
+/// instead of every commit dirtying new ones until the checkpoint frees the old.
+#[derive(Default)]
+pub(crate) struct WriterState {
+    /// First page id of each page or overflow run written since the capture → the txn that
+    /// wrote it (the oldest version that can see it).
+    pub(crate) fresh: write::PageMap<u64>,
+    /// Free-tree entries whose pages are all fresh, by key (so oldest first) → the
+    /// versions that can see one of their pages, `written_from..freed_by`: an entry is
+    /// reusable once no reader holds one of those.
+    pub(crate) fresh_entries: BTreeMap<[u8; write::FREE_KEY_LEN], std::ops::Range<u64>>,
+}
+
+/// Fresh free-tree entries a write transaction considers, newest first, and at most how
+/// many it looks at to find them: bounded work per transaction however many a long
+/// reader holds back (those are reclaimed by the usual rule after the next checkpoint).
+const FRESH_READY_MAX: usize = 64;
+const FRESH_LOOK_MAX: usize = 512;
+/// Fresh entries remembered at most; beyond, the oldest are left to the usual rule.
+pub(crate) const FRESH_ENTRIES_MAX: usize = 1 << 16;
+
 struct CheckpointState {
     /// Meta slot (0 or 1) holding the durable version.
     durable_slot: u64,
@@ -118,7 +144,7 @@ struct Shared {
     lim: Limits,
     opts: Options,
     state: Mutex<ReadState>,
-    writer: Mutex<()>,
+    writer: Mutex<WriterState>,
     ckpt: Mutex<CheckpointState>,
     checkpoints: AtomicU64,
     durable_txn: AtomicU64,
@@ -192,7 +218,7 @@ impl Db {
                 map,
                 readers: BTreeMap::new(),
             }),
-            writer: Mutex::new(()),
+            writer: Mutex::new(WriterState::default()),
             ckpt: Mutex::new(CheckpointState { durable_slot: slot }),
             checkpoints: AtomicU64::new(0),
             durable_txn: AtomicU64::new(meta.txn),
@@ -252,6 +278,17 @@ impl Db {
         let st = lock(&self.shared.state);
         let oldest_reader = st.readers.keys().next().copied().unwrap_or(u64::MAX);
         let horizon = oldest_reader.min(self.shared.durable_txn.load(Ordering::Acquire));
+        // Readers that begin later read the latest version, which no longer holds any page
+        // of these entries.
+        let fresh_ready: Vec<[u8; write::FREE_KEY_LEN]> = guard
+            .fresh_entries
+            .iter()
+            .rev()
+            .take(FRESH_LOOK_MAX)
+            .filter(|(_, seen_by)| st.readers.range((*seen_by).clone()).next().is_none())
+            .map(|(k, _)| *k)
+            .take(FRESH_READY_MAX)
+            .collect();
         let view = View {
             map: st.map.clone(),
             meta: st.meta,
@@ -259,7 +296,7 @@ impl Db {
             verified: self.shared.verified.clone(),
         };
         drop(st);
-        Ok(WriteTxn::new(self, guard, view, horizon))
+        Ok(WriteTxn::new(self, guard, view, horizon, fresh_ready))
     }
 
     /// Writes a committed version's pages and makes it the latest. Called by commit with
@@ -272,8 +309,8 @@ impl Db {
     }
 
     /// Returns whether unsynced bytes passed `checkpoint_bytes`: the caller checkpoints
-    /// once it has released the writer lock.
-    fn publish(&self, meta: Meta, pages: DirtyPages) -> Result<bool> {
+    /// once it has released the writer lock. `w` is the writer's state (its lock is held).
+    fn publish(&self, meta: Meta, pages: DirtyPages, w: &mut WriterState) -> Result<bool> {
         let sh = &self.shared;
         let ps = sh.lim.page_size as u64;
         let need = meta.high_water * ps;
@@ -296,6 +333,7 @@ impl Db {
             sh.verified.clear(*id);
             bytes += buf.len() as u64;
         }
+        let mut new_bytes = 0u64;
         // One vectored write per run of adjacent pages, at most 16 pages: measured on ext4,
         // longer vectors made random-page commits slower while sequential loads gained
         // little more.
@@ -312,6 +350,13 @@ impl Db {
                 return Err(self.write_failed("writing pages", e));
             }
             i = j;
+        }
+        // Every write succeeded: record the pages as fresh. Rewriting a page already
+        // written since the capture adds nothing for the next checkpoint to sync.
+        for (id, buf) in &sorted {
+            if w.fresh.insert(*id, meta.txn).is_none() {
+                new_bytes += buf.len() as u64;
+            }
         }
         // Keep single-page buffers for the next transactions.
         {
@@ -330,7 +375,7 @@ impl Db {
         st.meta = meta;
         drop(st);
         sh.written_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let unsynced = sh.unsynced_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let unsynced = sh.unsynced_bytes.fetch_add(new_bytes, Ordering::AcqRel) + new_bytes;
         Ok(unsynced > sh.opts.checkpoint_bytes)
     }
 
@@ -350,8 +395,14 @@ impl Db {
         self.check_poison()?;
         let sh = &self.shared;
         let mut ck = lock(&sh.ckpt);
+        // Take the version under the writer lock (waiting for a running transaction to
+        // commit or abort): from here on no page of it may be reused, so the writer's
+        // fresh pages start again from empty.
         let (meta, unsynced) = {
+            let mut w = lock(&sh.writer);
             let st = lock(&sh.state);
+            w.fresh.clear();
+            w.fresh_entries.clear();
             (st.meta, sh.unsynced_bytes.load(Ordering::Acquire))
         };
         if meta.txn == sh.durable_txn.load(Ordering::Acquire) {

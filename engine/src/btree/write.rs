@@ -4,21 +4,22 @@
 //! held in memory until commit). Pages the copy replaces are *freed by this transaction*:
 //! older versions may still read them, so they are recorded in the free tree under this
 //! transaction's id and reused only once no reader and no durable checkpoint can see them
-//! (see `alloc.rs`).
+//! (see `alloc.rs`) — or, for pages written since the last checkpoint took its version,
+//! once no reader can see them (`WriterState` in `mod.rs`).
 
 mod alloc;
 
-pub(crate) use alloc::decode_ids;
+pub(crate) use alloc::{FREE_KEY_LEN, decode_ids};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::MutexGuard;
 
-use super::Db;
 use super::cursor::{Range, Tree};
 use super::error::{Error, Result};
 use super::meta::{MARKER_MAX, Meta};
 use super::page::{self, HEADER_LEN, KIND_BRANCH, KIND_LEAF, PageId, Ref};
 use super::view::{self, PageSource, View};
+use super::{Db, FRESH_ENTRIES_MAX, WriterState};
 
 /// Hashes page ids (already well spread integers) with one multiply.
 #[derive(Default, Clone, Copy)]
@@ -38,8 +39,11 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// A map keyed by page id.
+pub(crate) type PageMap<V> = HashMap<PageId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Dirty pages of a write transaction by id.
-pub(crate) type DirtyPages = HashMap<PageId, Box<[u8]>, std::hash::BuildHasherDefault<IdHasher>>;
+pub(crate) type DirtyPages = PageMap<Box<[u8]>>;
 
 /// Handle to a tree opened in a write transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +60,19 @@ struct TreeState {
 /// The single write transaction. Dropping it without `commit` discards every change.
 pub struct WriteTxn<'db> {
     db: &'db Db,
-    _writer: MutexGuard<'db, ()>,
+    writer: MutexGuard<'db, WriterState>,
     base: View,
     meta: Meta,
     dirty: DirtyPages,
+    /// Pages of the base version freed, which a checkpoint may have taken.
     freed: Vec<PageId>,
+    /// Fresh pages freed (written since the last checkpoint took its version), with the
+    /// txn that wrote each.
+    freed_fresh: Vec<(PageId, u64)>,
+    /// Fresh free-tree entries no reader can see, to take before any other.
+    fresh_ready: Vec<[u8; FREE_KEY_LEN]>,
+    /// Fresh entries taken (or found gone): forgotten by the writer at commit.
+    fresh_used: Vec<[u8; FREE_KEY_LEN]>,
     pool: BTreeSet<PageId>,
     horizon: u64,
     trees: Vec<TreeState>,
@@ -112,16 +124,25 @@ type Descent = (Vec<(PageId, usize)>, PageId, bool);
 pub const ENTRY_MAX: usize = 64 << 20;
 
 impl<'db> WriteTxn<'db> {
-    pub(crate) fn new(db: &'db Db, writer: MutexGuard<'db, ()>, base: View, horizon: u64) -> Self {
+    pub(crate) fn new(
+        db: &'db Db,
+        writer: MutexGuard<'db, WriterState>,
+        base: View,
+        horizon: u64,
+        fresh_ready: Vec<[u8; FREE_KEY_LEN]>,
+    ) -> Self {
         let mut meta = base.meta;
         meta.txn += 1;
         WriteTxn {
             db,
-            _writer: writer,
+            writer,
             base,
             meta,
             dirty: DirtyPages::default(),
             freed: Vec::new(),
+            freed_fresh: Vec::new(),
+            fresh_ready,
+            fresh_used: Vec::new(),
             pool: BTreeSet::new(),
             horizon,
             trees: Vec::new(),
@@ -629,13 +650,22 @@ impl<'db> WriteTxn<'db> {
         // Editing the free tree below must not load entries from it, so take enough
         // reclaimable pages now for its copy-on-write edits; otherwise they would come from
         // the end of the file while free pages pile up.
-        let reserve = 32 + 8 * (self.freed.len() / self.ids_per_entry() + 1);
+        let freed = self.freed.len() + self.freed_fresh.len();
+        let reserve = 32 + 8 * (freed / self.ids_per_entry() + 1);
         while self.pool.len() < reserve && self.load_reclaimable()? {}
-        self.write_free_entries()?;
+        let fresh_entries = self.write_free_entries()?;
         let pages = std::mem::take(&mut self.dirty);
         let meta = self.meta;
         let db = self.db;
-        let checkpoint = db.publish(meta, pages)?;
+        let checkpoint = db.publish(meta, pages, &mut self.writer)?;
+        let w = &mut *self.writer;
+        for k in &self.fresh_used {
+            w.fresh_entries.remove(k);
+        }
+        w.fresh_entries.extend(fresh_entries);
+        while w.fresh_entries.len() > FRESH_ENTRIES_MAX {
+            w.fresh_entries.pop_first();
+        }
         published();
         // Release the writer lock first: the checkpoint's fsyncs must not hold up writers.
         drop(self);

@@ -3,20 +3,27 @@
 //! Free tree keys are `ready_after (u64 BE) ‖ txn (u64 BE) ‖ chunk (u32 BE)`; values are
 //! lists of page ids (u64 LE). An entry is reclaimable when `ready_after ≤ horizon`, where
 //! the horizon is the oldest version any reader or the durable checkpoint may still use.
+//! A transaction writes the pages it freed in entries `txn ‖ txn ‖ chunk`: first those a
+//! checkpoint may have taken, then the fresh ones (written since the last checkpoint took
+//! its version), which the writer remembers so that they can be reused sooner, once no
+//! reader can see them.
 //! Pages taken from reclaimable entries but not used by a commit are written back with
 //! `ready_after = 0`. The free tree is edited in place with the same copy-on-write code;
 //! the commit repeats that edit until the lists it writes describe the result of writing
 //! them (a fixed point: each round can only add freed pages or use up pooled ones).
 
+use std::ops::Range;
+
 use super::WriteTxn;
 use crate::btree::error::Result;
 use crate::btree::page::{self, HEADER_LEN, PageId, Ref};
+use crate::btree::view;
 
 /// Free-tree entries loaded at most while looking for a run of adjacent free pages.
 const RUN_SEARCH_LOADS_MAX: usize = 16;
 
 /// Bytes of a free-tree key.
-pub(super) const FREE_KEY_LEN: usize = 20;
+pub(crate) const FREE_KEY_LEN: usize = 20;
 
 pub(super) fn free_key(ready_after: u64, txn: u64, chunk: u32) -> [u8; FREE_KEY_LEN] {
     let mut k = [0u8; FREE_KEY_LEN];
@@ -86,8 +93,19 @@ impl WriteTxn<'_> {
         Some(start)
     }
 
-    /// Moves the oldest reclaimable free-tree entry into the pool. False if there is none.
+    /// Moves a reclaimable free-tree entry into the pool: a fresh one no reader can see,
+    /// else the oldest reclaimable one. False if there is none.
     pub(super) fn load_reclaimable(&mut self) -> Result<bool> {
+        while let Some(key) = self.fresh_ready.pop() {
+            self.fresh_used.push(key);
+            let ids: Vec<PageId> = match view::get(self, self.meta.free_root, &key)? {
+                Some(v) => decode_ids(v).collect(),
+                // Already taken as the oldest entry.
+                None => continue,
+            };
+            self.take_entry(&key, ids)?;
+            return Ok(true);
+        }
         let (key, ids) = {
             let mut c = crate::btree::cursor::Cursor::new(self, self.meta.free_root);
             if !c.first()? {
@@ -99,15 +117,21 @@ impl WriteTxn<'_> {
             }
             (k.to_vec(), decode_ids(v).collect::<Vec<_>>())
         };
+        self.take_entry(&key, ids)?;
+        Ok(true)
+    }
+
+    /// Moves an entry's pages into the pool and deletes the entry.
+    fn take_entry(&mut self, key: &[u8], ids: Vec<PageId>) -> Result<()> {
         self.pool.extend(ids);
         self.in_free_op = true;
         let mut root = self.meta.free_root;
-        let r = self.delete_in(&mut root, &key, true);
+        let r = self.delete_in(&mut root, key, true);
         self.meta.free_root = root;
         self.in_free_op = false;
         let removed = r?;
         assert!(removed, "free-tree entry vanished while loading it");
-        Ok(true)
+        Ok(())
     }
 
     pub(super) fn alloc_page(&mut self) -> Result<PageId> {
@@ -124,11 +148,14 @@ impl WriteTxn<'_> {
             // Never visible to anyone else: reusable now.
             for p in id..id + n {
                 if self.fixpoint {
-                    self.freed.push(p);
+                    // Seen by no version at all.
+                    self.freed_fresh.push((p, self.meta.txn));
                 } else {
                     self.pool.insert(p);
                 }
             }
+        } else if let Some(&written) = self.writer.fresh.get(&id) {
+            self.freed_fresh.extend((id..id + n).map(|p| (p, written)));
         } else {
             self.freed.extend(id..id + n);
         }
@@ -153,12 +180,16 @@ impl WriteTxn<'_> {
         Ok((id, data.len() as u32))
     }
 
-    pub(super) fn write_free_entries(&mut self) -> Result<()> {
+    /// Writes the free-tree entries of this transaction (what it freed, and the pool it
+    /// took but did not use) and returns the fresh ones with the versions that can see
+    /// their pages.
+    pub(super) fn write_free_entries(&mut self) -> Result<Vec<([u8; FREE_KEY_LEN], Range<u64>)>> {
         self.in_free_op = true;
         self.fixpoint = true;
         let per = self.ids_per_entry();
         let txn = self.meta.txn;
         let mut written: Vec<[u8; FREE_KEY_LEN]> = Vec::new();
+        let mut fresh_out = Vec::new();
         for _round in 0..1000 {
             let mut root = self.meta.free_root;
             for k in written.drain(..) {
@@ -166,23 +197,49 @@ impl WriteTxn<'_> {
                 self.meta.free_root = root;
                 assert!(r?, "own free-tree entry missing");
             }
-            let (nfreed, npool) = (self.freed.len(), self.pool.len());
+            let (nfreed, nfresh, npool) =
+                (self.freed.len(), self.freed_fresh.len(), self.pool.len());
             let mut freed = self.freed.clone();
             freed.sort_unstable();
+            let mut fresh = self.freed_fresh.clone();
+            fresh.sort_unstable();
             let pool: Vec<PageId> = self.pool.iter().copied().collect();
-            let lists = [(txn, freed), (0, pool)];
-            for (ready_after, ids) in &lists {
-                for (c, chunk) in ids.chunks(per).enumerate() {
-                    let key = free_key(*ready_after, txn, c as u32);
-                    let val: Vec<u8> = chunk.iter().flat_map(|id| id.to_le_bytes()).collect();
-                    let r = self.put_in(&mut root, &key, &val);
-                    self.meta.free_root = root;
-                    r?;
-                    written.push(key);
+            fresh_out.clear();
+            // Chunks of the freed pages, then of the fresh ones: (ready_after, ids,
+            // the oldest version that can see one of them if they are all fresh).
+            let mut entries: Vec<(u64, Vec<PageId>, Option<u64>)> = Vec::new();
+            for c in freed.chunks(per) {
+                entries.push((txn, c.to_vec(), None));
+            }
+            for c in fresh.chunks(per) {
+                let from = c.iter().map(|&(_, w)| w).min();
+                entries.push((txn, c.iter().map(|&(p, _)| p).collect(), from));
+            }
+            let freed_chunks = entries.len();
+            for c in pool.chunks(per) {
+                entries.push((0, c.to_vec(), None));
+            }
+            for (i, (ready_after, ids, from)) in entries.iter().enumerate() {
+                let chunk = if i < freed_chunks {
+                    i
+                } else {
+                    i - freed_chunks
+                };
+                let key = free_key(*ready_after, txn, chunk as u32);
+                let val: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+                let r = self.put_in(&mut root, &key, &val);
+                self.meta.free_root = root;
+                r?;
+                written.push(key);
+                if let Some(from) = from {
+                    fresh_out.push((key, *from..txn));
                 }
             }
-            if self.freed.len() == nfreed && self.pool.len() == npool {
-                return Ok(());
+            if self.freed.len() == nfreed
+                && self.freed_fresh.len() == nfresh
+                && self.pool.len() == npool
+            {
+                return Ok(fresh_out);
             }
         }
         panic!("free-tree fixed point did not converge");
