@@ -338,6 +338,9 @@ impl<D: LogDisk> Core<D> {
             term: r.term,
             commit: r.raft_log.committed,
             is_leader: r.state == StateRole::Leader,
+            sole_voter_ready: r.state == StateRole::Leader
+                && r.commit_to_current_term()
+                && r.prs().conf().voters().ids().len() == 1,
         }
     }
 

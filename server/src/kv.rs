@@ -48,11 +48,15 @@ impl Kv for KvService {
         self.etch.auth.range_permitted(&who, &r.key, &r.range_end)?;
         let store = self.etch.store.clone();
         let req = convert::range_in(&r);
-        let resp = tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
-            Ok(store.read()?.range(&req)?)
-        })
-        .await
-        .map_err(|e| EtcdError::Internal(format!("etch: range task: {e}")))??;
+        let read = move || -> Result<_, EtcdError> { Ok(store.read()?.range(&req)?) };
+        let resp = if r.range_end.is_empty() {
+            // One key: a few page lookups, cheaper here than a trip to the blocking pool.
+            read()?
+        } else {
+            tokio::task::spawn_blocking(read)
+                .await
+                .map_err(|e| EtcdError::Internal(format!("etch: range task: {e}")))??
+        };
         self.etch.still_current(&who)?;
         let header = self.etch.header(resp.revision);
         Ok(Response::new(convert::range_out(resp, Some(header))))
@@ -158,11 +162,15 @@ impl Kv for KvService {
                 .txn_permitted(&who, &r, &|_| Ok(Vec::new()))?;
             let store = self.etch.store.clone();
             let req = convert::txn_in(&r);
-            let resp = tokio::task::spawn_blocking(move || -> Result<_, EtcdError> {
-                Ok(store.read()?.txn_read_only(&req)?)
-            })
-            .await
-            .map_err(|e| EtcdError::Internal(format!("etch: txn task: {e}")))??;
+            let small = single_key_reads(&r);
+            let read = move || -> Result<_, EtcdError> { Ok(store.read()?.txn_read_only(&req)?) };
+            let resp = if small {
+                read()?
+            } else {
+                tokio::task::spawn_blocking(read)
+                    .await
+                    .map_err(|e| EtcdError::Internal(format!("etch: txn task: {e}")))??
+            };
             self.etch.still_current(&who)?;
             let h = self.etch.header(resp.revision);
             return Ok(Response::new(convert::txn_out(resp, Some(h))));
@@ -237,6 +245,21 @@ fn is_read_only(t: &pb::TxnRequest) -> bool {
             Some(R::RequestTxn(n)) => is_read_only(n),
             _ => false,
         })
+}
+
+/// A read-only txn that reads and compares single keys only: cheap enough to run on the
+/// request's own task.
+fn single_key_reads(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as R;
+    t.compare.iter().all(|c| c.range_end.is_empty())
+        && t.success
+            .iter()
+            .chain(&t.failure)
+            .all(|op| match &op.request {
+                Some(R::RequestRange(r)) => r.range_end.is_empty(),
+                Some(R::RequestTxn(n)) => single_key_reads(n),
+                _ => false,
+            })
 }
 
 /// A read-only txn whose every range is serializable needs no ReadIndex.
