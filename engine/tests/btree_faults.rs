@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use etch_engine::btree::{Db, Error, Fault, Options, SimFile};
+use etch_engine::btree::{Db, Error, Fault, Options, ReadTxn, SimFile};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -36,6 +36,17 @@ fn fill(db: &Db, tree: &[u8], n: u32, value_len: usize) -> BTreeMap<Vec<u8>, Vec
     w.commit().expect("commit");
     db.checkpoint().expect("checkpoint");
     model
+}
+
+/// Every entry of a tree as a reader sees it.
+fn contents(r: &ReadTxn, tree: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    r.tree(tree)
+        .expect("tree")
+        .expect("exists")
+        .iter()
+        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+        .collect::<Result<_, _>>()
+        .expect("iter")
 }
 
 /// Flip one byte in every page in turn: reads either return the right data or report the
@@ -518,24 +529,10 @@ fn space_is_reused_under_churn_and_held_for_old_readers() {
 
     // An old reader pins its version: its data stays readable through heavy churn.
     let reader = db.begin_read().expect("read");
-    let snapshot: Vec<(Vec<u8>, Vec<u8>)> = reader
-        .tree(b"t")
-        .expect("tree")
-        .expect("exists")
-        .iter()
-        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        .collect::<Result<_, _>>()
-        .expect("iter");
+    let snapshot = contents(&reader, b"t");
     churn(&db, &mut rng, 300);
     let pinned = db.stats().high_water_pages;
-    let again: Vec<(Vec<u8>, Vec<u8>)> = reader
-        .tree(b"t")
-        .expect("tree")
-        .expect("exists")
-        .iter()
-        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        .collect::<Result<_, _>>()
-        .expect("iter");
+    let again = contents(&reader, b"t");
     assert!(
         snapshot == again,
         "old reader's version changed under churn"
@@ -602,14 +599,7 @@ fn pages_written_since_the_checkpoint_are_reused_before_the_next() {
     let db = Db::open_with(Box::new(again), small()).expect("reopen");
     db.check().expect("check");
     let r = db.begin_read().expect("read");
-    let got: BTreeMap<Vec<u8>, Vec<u8>> = r
-        .tree(b"t")
-        .expect("tree")
-        .expect("exists")
-        .iter()
-        .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        .collect::<Result<_, _>>()
-        .expect("iter");
+    let got = contents(&r, b"t");
     assert!(got == durable, "the checkpointed version changed");
 }
 
